@@ -1,0 +1,79 @@
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// What a job handler says went wrong, and so what the queue does next.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum JobError {
+    /// Worth trying again: the job is scheduled for a later attempt with backoff, waiting
+    /// at least `retry_after` when the cause (a provider's `Retry-After`) says so.
+    #[error("transient: {message}")]
+    Transient {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// Trying again cannot help: the job is dead-lettered at once.
+    #[error("permanent: {message}")]
+    Permanent { message: String },
+}
+
+impl JobError {
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self::Transient {
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self::Permanent {
+            message: message.into(),
+        }
+    }
+
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Self::Transient { .. } => ErrorClass::Transient,
+            Self::Permanent { .. } => ErrorClass::Permanent,
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            Self::Transient { message, .. } | Self::Permanent { message } => message,
+        }
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Transient { retry_after, .. } => *retry_after,
+            Self::Permanent { .. } => None,
+        }
+    }
+}
+
+/// The class a dead letter records: why the job stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    /// Failed with a retryable error on its last allowed attempt.
+    Transient,
+    /// Failed with an error that retrying cannot fix.
+    Permanent,
+    /// The entry could not be decoded as a job of this role.
+    Decode,
+    /// Its worker died (stopped heartbeating) while running it, on its last allowed attempt.
+    Crash,
+}
+
+impl fmt::Display for ErrorClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Transient => "transient",
+            Self::Permanent => "permanent",
+            Self::Decode => "decode",
+            Self::Crash => "crash",
+        })
+    }
+}

@@ -1,0 +1,64 @@
+//! LLM providers behind one trait.
+//!
+//! A role calls [`Provider::complete`] and gets either a [`Completion`] (text plus token
+//! usage) or a [`ProviderError`] that already says whether trying again can help. The
+//! runtime turns that into a retry or a dead letter; nothing here knows about queues.
+#![forbid(unsafe_code)]
+
+mod config;
+mod error;
+mod mock;
+
+pub use config::{FailKind, ProviderArgs, ProviderKind, Secret};
+pub use error::ProviderError;
+pub use mock::MockProvider;
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
+/// One request to a model: the role's system prompt and the user-side text.
+#[derive(Debug, Clone)]
+pub struct CompletionRequest {
+    pub system: String,
+    pub user: String,
+}
+
+/// Tokens the provider reported for one call (zero where it reported none).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+/// A model's answer.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub text: String,
+    pub usage: Usage,
+}
+
+/// An LLM endpoint. One instance per process, shared by every in-flight job.
+pub trait Provider: Send + Sync + 'static {
+    /// `mock`, `openai` or `anthropic`: the `provider` label on metrics.
+    fn name(&self) -> &'static str;
+    /// The model this provider asks for: the `model` label on metrics.
+    fn model(&self) -> &str;
+    fn complete(
+        &self,
+        request: CompletionRequest,
+    ) -> BoxFuture<'_, Result<Completion, ProviderError>>;
+}
+
+/// Builds the provider the flags ask for, failing at start-up (not at the first job) when
+/// a real provider has no usable key or base URL.
+pub fn build(args: &ProviderArgs) -> Result<Arc<dyn Provider>, error::ConfigError> {
+    match args.provider {
+        ProviderKind::Mock => Ok(Arc::new(MockProvider::from_args(args)?)),
+        ProviderKind::Openai | ProviderKind::Anthropic => {
+            Err(error::ConfigError::Unsupported(args.provider.as_str()))
+        }
+    }
+}
+
+pub use error::ConfigError;
