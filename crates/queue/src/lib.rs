@@ -1,1 +1,31 @@
-pub fn placeholder() {}
+//! agentfleet's Redis queue.
+//!
+//! The only crate that knows Redis key names and the only one that changes queue state.
+//! Every atomic transition is one Lua file under `src/lua/`; see ARCHITECTURE.md for the
+//! data structures and the delivery guarantees they give.
+//!
+//! - [`Queue`]: one role's queue: push, fetch, ack, retry, dead-letter, recover, counts.
+//! - [`TaskStore`]: task records (`status`, analysis, answer, timings, usage).
+//! - [`RedisBackend`]: the queue as an apalis-core [`Backend`](apalis_core::backend::Backend),
+//!   with its acknowledgement layer, heartbeats and maintenance.
+#![forbid(unsafe_code)]
+
+mod backend;
+mod connection;
+mod dead_letter;
+mod error;
+mod keys;
+mod queue;
+mod scripts;
+mod store;
+
+pub use backend::{
+    Delivery, Disposition, FailurePolicy, JobFailure, RedisBackend, WorkerHandle, WorkerOptions,
+    WorkerStatus,
+};
+pub use connection::{ConnectOptions, connect};
+pub use dead_letter::DeadLetter;
+pub use error::QueueError;
+pub use keys::{InvalidName, Namespace, QueueKeys};
+pub use queue::{Fetched, NewTask, PushEntry, Queue, QueueCounts, RecoveryReport, unreadable_id};
+pub use store::{StageFinish, StageStart, TaskStore};

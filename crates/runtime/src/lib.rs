@@ -1,1 +1,17 @@
+//! What every agentfleet worker process shares.
+//!
+//! A role binary is a [`RoleSpec`] plus a [`RoleHandler`]; [`run`] does the rest: flags,
+//! logging, the provider, the Redis connections, the apalis worker over the Redis backend,
+//! `/metrics` `/healthz` `/readyz`, queue-depth sampling, and graceful shutdown on SIGTERM
+//! or SIGINT. Adding a role costs one small crate (see ARCHITECTURE.md).
 #![forbid(unsafe_code)]
+
+mod args;
+mod context;
+mod run;
+
+pub use args::WorkerArgs;
+pub use context::{Llm, LlmStage, RoleContext, StageResult, redis_failure};
+pub use run::{RoleHandler, RoleSpec, RuntimeError, run};
+
+pub use agentfleet_queue::{Delivery, JobFailure};

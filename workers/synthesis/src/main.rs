@@ -1,1 +1,67 @@
-fn main() {}
+//! `synthesis-worker`: turns each task's analysis into the final answer, written once.
+#![forbid(unsafe_code)]
+
+use agentfleet_job::{Envelope, SynthesisJob, TaskStatus};
+use agentfleet_queue::{Delivery, JobFailure};
+use agentfleet_runtime::{LlmStage, RoleContext, RoleHandler, RoleSpec, WorkerArgs};
+use clap::Parser;
+use futures::future::BoxFuture;
+
+const SPEC: RoleSpec = RoleSpec {
+    name: "synthesis",
+    default_metrics_addr: "127.0.0.1:9465",
+    default_system_prompt: "You write final answers. Given a question and an analyst's notes on \
+        it, write a clear, direct, well-structured answer for the person who asked. Keep what \
+        the analysis supports; drop the scaffolding.",
+};
+
+#[derive(Parser)]
+#[command(
+    name = "synthesis-worker",
+    version,
+    about = "agentfleet synthesis worker: turns analyses into final answers"
+)]
+struct Cli {
+    #[command(flatten)]
+    worker: WorkerArgs,
+}
+
+struct Synthesis;
+
+impl RoleHandler for Synthesis {
+    fn handle<'a>(
+        &'a self,
+        ctx: &'a RoleContext,
+        delivery: &'a Delivery,
+    ) -> BoxFuture<'a, Result<(), JobFailure>> {
+        Box::pin(async move {
+            let job: Envelope<SynthesisJob> = delivery.decode()?;
+            let task_id = job.args.task_id.to_string();
+            ctx.llm_stage(LlmStage {
+                task_id: &task_id,
+                attempt: job.attempt,
+                running: TaskStatus::Synthesizing,
+                finished: TaskStatus::Done,
+                output_field: "answer",
+                user: format!(
+                    "Question:\n{}\n\nAnalysis:\n{}\n\nWrite the final answer.",
+                    job.args.prompt, job.args.analysis
+                ),
+            })
+            .await?;
+            Ok(())
+        })
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match agentfleet_runtime::run(SPEC, cli.worker, Synthesis).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("synthesis-worker: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

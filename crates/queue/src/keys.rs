@@ -1,0 +1,148 @@
+//! Redis key names. This module is the only place in agentfleet that spells them; README's
+//! "Inspecting queues in Redis" section documents the same layout for people.
+
+use std::fmt;
+
+/// The prefix every key of one fleet lives under, so several fleets (or tests) share one
+/// Redis without seeing each other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Namespace(String);
+
+/// A namespace or role name that would produce ambiguous keys.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} {value:?} must be 1-64 characters of a-z, A-Z, 0-9, '-', '_' or '.'")]
+pub struct InvalidName {
+    what: &'static str,
+    value: String,
+}
+
+fn check(what: &'static str, value: &str) -> Result<(), InvalidName> {
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidName {
+            what,
+            value: value.to_owned(),
+        })
+    }
+}
+
+impl Namespace {
+    pub fn new(name: &str) -> Result<Self, InvalidName> {
+        check("namespace", name)?;
+        Ok(Self(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The keys of one role's queue.
+    pub fn queue(&self, role: &str) -> Result<QueueKeys, InvalidName> {
+        check("role", role)?;
+        Ok(QueueKeys {
+            // One hash tag per queue: every key of the queue hashes to one Redis Cluster slot,
+            // so each script's keys are co-located.
+            prefix: format!("{{{}:{}}}", self.0, role),
+        })
+    }
+
+    /// A task's record: its own key (own slot), touched by one-key scripts only.
+    pub fn task(&self, task_id: &str) -> String {
+        format!("{}:task:{task_id}", self.0)
+    }
+
+    /// The pattern matching every task record, for SCAN.
+    pub fn task_pattern(&self) -> String {
+        format!("{}:task:*", self.0)
+    }
+}
+
+impl fmt::Display for Namespace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Key names of one role's queue, all under the hash tag `{namespace:role}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueKeys {
+    prefix: String,
+}
+
+impl QueueKeys {
+    /// LIST of entries waiting to run: pushed on the left, taken from the right.
+    pub fn pending(&self) -> String {
+        format!("{}:pending", self.prefix)
+    }
+    /// ZSET of entries waiting for a retry, scored by when they are due (ms).
+    pub fn scheduled(&self) -> String {
+        format!("{}:scheduled", self.prefix)
+    }
+    /// ZSET of live workers, scored by their last heartbeat (ms).
+    pub fn workers(&self) -> String {
+        format!("{}:workers", self.prefix)
+    }
+    /// HASH of the entries one worker holds: entry → delivered at (ms).
+    pub fn inflight(&self, worker_id: &str) -> String {
+        format!("{}:inflight:{worker_id}", self.prefix)
+    }
+    /// LIST where a worker's blocking wait parks the one entry it woke up for.
+    pub fn claim(&self, worker_id: &str) -> String {
+        format!("{}:claim:{worker_id}", self.prefix)
+    }
+    /// HASH of dead letters: job id → dead letter record (JSON).
+    pub fn dead(&self) -> String {
+        format!("{}:dead", self.prefix)
+    }
+    /// ZSET of dead letter ids scored by when they died (ms): the listing order.
+    pub fn dead_index(&self) -> String {
+        format!("{}:dead:index", self.prefix)
+    }
+    /// STRING marking an idempotency key as used, with a lifetime.
+    pub fn idempotency(&self, key: &str) -> String {
+        format!("{}:idem:{key}", self.prefix)
+    }
+    /// HASH of counters: succeeded, retried, dead, recovered.
+    pub fn stats(&self) -> String {
+        format!("{}:stats", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_keys_share_one_hash_tag() {
+        let keys = Namespace::new("agentfleet")
+            .unwrap()
+            .queue("reasoning")
+            .unwrap();
+        for key in [
+            keys.pending(),
+            keys.scheduled(),
+            keys.workers(),
+            keys.inflight("w1"),
+            keys.claim("w1"),
+            keys.dead(),
+            keys.dead_index(),
+            keys.idempotency("k"),
+            keys.stats(),
+        ] {
+            assert!(key.starts_with("{agentfleet:reasoning}:"), "{key}");
+        }
+    }
+
+    #[test]
+    fn names_that_would_break_key_parsing_are_refused() {
+        assert!(Namespace::new("a{b}").is_err());
+        assert!(Namespace::new("").is_err());
+        assert!(Namespace::new("ok").unwrap().queue("with:colon").is_err());
+    }
+}

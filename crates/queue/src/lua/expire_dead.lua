@@ -1,0 +1,9 @@
+-- Drop dead letters older than the retention, a bounded chunk at a time.
+-- KEYS[1] dead letters hash, KEYS[2] dead letter index
+-- ARGV[1] dead before this (ms), ARGV[2] at most this many
+-- Returns how many were dropped.
+local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+if #old == 0 then return 0 end
+redis.call('HDEL', KEYS[1], unpack(old))
+redis.call('ZREM', KEYS[2], unpack(old))
+return #old

@@ -1,0 +1,21 @@
+-- A role starts work on a task: note it on the task record, and say what is already there.
+-- KEYS[1] task record hash
+-- ARGV[1] role, ARGV[2] attempt, ARGV[3] worker id, ARGV[4] now (ms), ARGV[5] status to
+-- show while this role works, ARGV[6] the record field this role writes its output to
+-- Returns {status before, existing output or false}. A record that is gone (expired or
+-- never created) is left absent and reported as {false, false}.
+if redis.call('EXISTS', KEYS[1]) == 0 then return {false, false} end
+local cur = redis.call('HMGET', KEYS[1], 'status', ARGV[6])
+local role = ARGV[1]
+local fields = {
+  role .. '.attempts', ARGV[2],
+  role .. '.worker_id', ARGV[3],
+  role .. '.started_at_ms', ARGV[4],
+  'updated_at_ms', ARGV[4],
+}
+if cur[1] ~= 'done' then
+  fields[#fields + 1] = 'status'
+  fields[#fields + 1] = ARGV[5]
+end
+redis.call('HSET', KEYS[1], unpack(fields))
+return cur

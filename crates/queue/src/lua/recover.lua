@@ -1,0 +1,52 @@
+-- Take back every entry held by a worker whose heartbeat is older than the lease.
+-- KEYS[1] workers zset, KEYS[2] that worker's in-flight hash, KEYS[3] its claim list,
+-- KEYS[4] pending list, KEYS[5] dead letters hash, KEYS[6] dead letter index, KEYS[7] stats
+-- ARGV[1] worker id, ARGV[2] heartbeats older than this (ms) are expired,
+-- ARGV[3] max attempts, ARGV[4] now (ms), ARGV[5] role
+-- An entry whose delivery count has reached max attempts is dead-lettered (class "crash"):
+-- a job that kills every worker that runs it ends there instead of looping.
+-- Returns {requeued, dead job id, ...}, or {-1} when the worker is alive after all.
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) >= tonumber(ARGV[2]) then return {-1} end
+local max = tonumber(ARGV[3])
+local now = tonumber(ARGV[4])
+local requeue = {}
+local dead = {}
+local parked = redis.call('LRANGE', KEYS[3], 0, -1)
+for i = 1, #parked do requeue[#requeue + 1] = parked[i] end
+local held = redis.call('HKEYS', KEYS[2])
+for i = 1, #held do
+  local entry = held[i]
+  local n = tonumber(string.match(entry, '^{"attempt":(%d+),') or '')
+  if n and n < max then
+    requeue[#requeue + 1] = entry
+  else
+    local id = string.match(entry, '"id":"([^"]*)"') or ('unreadable-' .. redis.sha1hex(entry))
+    local record = cjson.encode({
+      job_id = id,
+      role = ARGV[5],
+      payload = entry,
+      error_class = 'crash',
+      error = 'worker ' .. ARGV[1] .. ' stopped heartbeating while running this job, on delivery ' .. tostring(n or max) .. ' of ' .. max,
+      attempts = n or max,
+      first_failed_at_ms = now,
+      last_failed_at_ms = now,
+      worker_id = ARGV[1],
+      dead_at_ms = now,
+    })
+    redis.call('HSET', KEYS[5], id, record)
+    redis.call('ZADD', KEYS[6], now, id)
+    dead[#dead + 1] = id
+  end
+end
+-- Recovered entries go to the consuming end: they have waited longest.
+for i = 1, #requeue, 1000 do
+  redis.call('RPUSH', KEYS[4], unpack(requeue, i, math.min(i + 999, #requeue)))
+end
+if #dead > 0 then redis.call('HINCRBY', KEYS[7], 'dead', #dead) end
+redis.call('HINCRBY', KEYS[7], 'recovered', #requeue)
+redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('ZREM', KEYS[1], ARGV[1])
+local out = {#requeue}
+for i = 1, #dead do out[#out + 1] = dead[i] end
+return out

@@ -1,0 +1,587 @@
+use std::time::Duration;
+
+use agentfleet_job::now_ms;
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+
+use crate::scripts::SCRIPTS;
+use crate::{DeadLetter, Namespace, QueueError, QueueKeys, TaskStore};
+
+/// Entries per push request: keeps every request far inside the response timeout (a
+/// 1,000-entry chunk takes Redis a few milliseconds) while amortising round trips.
+const PUSH_CHUNK: usize = 1_000;
+/// Most entries one fetch hands out; also bounds Lua `unpack` sizes.
+pub const MAX_FETCH: usize = 1_000;
+/// Most scheduled entries promoted, or dead letters expired, per call.
+const MAINTENANCE_CHUNK: usize = 1_000;
+
+/// One entry to push, with an optional idempotency key: a push that is retried (say after
+/// a response timeout whose request did commit) never enqueues the entry twice while the
+/// key lives.
+#[derive(Debug, Clone)]
+pub struct PushEntry {
+    pub entry: String,
+    pub idempotency_key: Option<String>,
+}
+
+/// A task to create: its record fields and its first job.
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    pub task_id: String,
+    pub prompt: String,
+    pub metadata: std::collections::BTreeMap<String, String>,
+    pub created_at_ms: u64,
+    pub traceparent: Option<String>,
+    pub push: PushEntry,
+}
+
+/// Entries handed to a worker, byte for byte as they are recorded in flight.
+pub type Fetched = Vec<Vec<u8>>;
+
+/// Sizes of one role's queue, each read in O(1) (in flight: O(live workers)).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct QueueCounts {
+    pub pending: u64,
+    pub in_flight: u64,
+    pub scheduled: u64,
+    pub dead: u64,
+    pub succeeded: u64,
+    pub retried: u64,
+    pub recovered: u64,
+    pub dead_lettered: u64,
+    pub live_workers: u64,
+    /// Age of the entry that will run next, if any.
+    pub oldest_pending_age_ms: Option<u64>,
+}
+
+/// What one crash-recovery pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveryReport {
+    pub workers: Vec<String>,
+    pub requeued: u64,
+    /// Job ids dead-lettered because their delivery count reached max attempts.
+    pub dead: Vec<String>,
+}
+
+/// One role's queue.
+#[derive(Clone)]
+pub struct Queue {
+    conn: ConnectionManager,
+    keys: QueueKeys,
+    role: String,
+    idempotency_ttl: Duration,
+}
+
+impl Queue {
+    pub fn new(
+        conn: ConnectionManager,
+        namespace: &Namespace,
+        role: &str,
+    ) -> Result<Self, QueueError> {
+        Ok(Self {
+            keys: namespace.queue(role)?,
+            conn,
+            role: role.to_owned(),
+            idempotency_ttl: IDEMPOTENCY_TTL,
+        })
+    }
+
+    /// How long an idempotency key keeps a second push away (default 24 h). Workers tie it
+    /// to the record lifetime so that no key outlives the task it guards.
+    pub fn with_idempotency_ttl(mut self, ttl: Duration) -> Self {
+        self.idempotency_ttl = ttl;
+        self
+    }
+
+    pub fn role(&self) -> &str {
+        &self.role
+    }
+
+    pub fn keys(&self) -> &QueueKeys {
+        &self.keys
+    }
+
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// Pushes one entry. Returns false when its idempotency key was already used.
+    pub async fn push(&self, entry: PushEntry) -> Result<bool, QueueError> {
+        Ok(self
+            .push_chunk(std::slice::from_ref(&entry), self.idempotency_ttl)
+            .await?
+            == 1)
+    }
+
+    /// Pushes many entries: chunks of 1,000 per script call, eight chunks per pipelined
+    /// round trip. Returns how many were new.
+    pub async fn push_many(&self, entries: &[PushEntry]) -> Result<u64, QueueError> {
+        let mut conn = self.conn.clone();
+        let mut pushed = 0;
+        for window in entries.chunks(PUSH_CHUNK * 8) {
+            let mut pipe = redis::pipe();
+            for chunk in window.chunks(PUSH_CHUNK) {
+                pipe.add_command(self.push_invocation(chunk, self.idempotency_ttl));
+            }
+            let counts: Vec<u64> = match pipe.query_async(&mut conn).await {
+                Ok(counts) => counts,
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    // Redis restarted (or was flushed) since the script was loaded: load it
+                    // and send the window again. Nothing of it ran: every call failed alike.
+                    SCRIPTS.push.load_async(&mut conn).await?;
+                    pipe.query_async(&mut conn).await?
+                }
+                Err(e) => return Err(e.into()),
+            };
+            pushed += counts.iter().sum::<u64>();
+        }
+        Ok(pushed)
+    }
+
+    /// Creates task records and pushes their first jobs together: one round trip per 1,000
+    /// tasks (records and entries go in one pipeline). Returns how many entries were new.
+    pub async fn enqueue_tasks(
+        &self,
+        store: &TaskStore,
+        tasks: &[NewTask],
+    ) -> Result<u64, QueueError> {
+        let mut conn = self.conn.clone();
+        let mut pushed = 0;
+        for chunk in tasks.chunks(PUSH_CHUNK) {
+            let mut pipe = redis::pipe();
+            for t in chunk {
+                store.create_into(
+                    &mut pipe,
+                    &t.task_id,
+                    &t.prompt,
+                    &t.metadata,
+                    t.created_at_ms,
+                    t.traceparent.as_deref(),
+                );
+            }
+            let entries: Vec<PushEntry> = chunk.iter().map(|t| t.push.clone()).collect();
+            pipe.add_command(self.push_invocation(&entries, self.idempotency_ttl));
+            let counts: Vec<u64> = match pipe.query_async(&mut conn).await {
+                Ok(counts) => counts,
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    // Records are plain writes and safe to repeat; the push did not run.
+                    SCRIPTS.push.load_async(&mut conn).await?;
+                    pipe.query_async(&mut conn).await?
+                }
+                Err(e) => return Err(e.into()),
+            };
+            pushed += counts.iter().sum::<u64>();
+        }
+        Ok(pushed)
+    }
+
+    fn push_invocation(&self, chunk: &[PushEntry], ttl: Duration) -> redis::Cmd {
+        // Guarded entries first, so the script pairs entry i with key i.
+        let mut guarded: Vec<&PushEntry> = chunk
+            .iter()
+            .filter(|e| e.idempotency_key.is_some())
+            .collect();
+        let unguarded = chunk.iter().filter(|e| e.idempotency_key.is_none());
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(SCRIPTS.push.get_hash())
+            .arg(1 + guarded.len())
+            .arg(self.keys.pending());
+        for e in &guarded {
+            cmd.arg(
+                self.keys
+                    .idempotency(e.idempotency_key.as_deref().unwrap_or_default()),
+            );
+        }
+        cmd.arg(ttl.as_millis() as u64);
+        guarded.extend(unguarded);
+        for e in guarded {
+            cmd.arg(&e.entry);
+        }
+        cmd
+    }
+
+    async fn push_chunk(&self, chunk: &[PushEntry], ttl: Duration) -> Result<u64, QueueError> {
+        let mut guarded: Vec<&PushEntry> = chunk
+            .iter()
+            .filter(|e| e.idempotency_key.is_some())
+            .collect();
+        let mut inv = SCRIPTS.push.key(self.keys.pending());
+        for e in &guarded {
+            inv.key(
+                self.keys
+                    .idempotency(e.idempotency_key.as_deref().unwrap_or_default()),
+            );
+        }
+        inv.arg(ttl.as_millis() as u64);
+        guarded.extend(chunk.iter().filter(|e| e.idempotency_key.is_none()));
+        for e in guarded {
+            inv.arg(&e.entry);
+        }
+        Ok(inv.invoke_async(&mut self.conn.clone()).await?)
+    }
+
+    /// Hands up to `max` entries to `worker_id`, counting each delivery.
+    pub async fn fetch(&self, worker_id: &str, max: usize) -> Result<Fetched, QueueError> {
+        let max = max.clamp(1, MAX_FETCH);
+        Ok(SCRIPTS
+            .fetch
+            .key(self.keys.pending())
+            .key(self.keys.inflight(worker_id))
+            .key(self.keys.claim(worker_id))
+            .key(self.keys.workers())
+            .arg(worker_id)
+            .arg(max)
+            .arg(now_ms())
+            .invoke_async(&mut self.conn.clone())
+            .await?)
+    }
+
+    /// Waits up to `timeout` for one entry to arrive, parking it in the worker's claim
+    /// list (crash-safe: recovery looks there too); the next [`Queue::fetch`] hands it out.
+    /// Must run on a connection of its own: a blocking command stalls its connection.
+    pub async fn wait_for_entry(
+        &self,
+        blocking_conn: &mut ConnectionManager,
+        worker_id: &str,
+        timeout: Duration,
+    ) -> Result<bool, QueueError> {
+        let moved: Option<Vec<u8>> = blocking_conn
+            .blmove(
+                self.keys.pending(),
+                self.keys.claim(worker_id),
+                redis::Direction::Right,
+                redis::Direction::Left,
+                timeout.as_secs_f64(),
+            )
+            .await?;
+        Ok(moved.is_some())
+    }
+
+    /// Finishes entries that succeeded. Returns how many this worker still held.
+    pub async fn ack(&self, worker_id: &str, entries: &[Vec<u8>]) -> Result<u64, QueueError> {
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let mut inv = SCRIPTS.ack.key(self.keys.inflight(worker_id));
+        inv.key(self.keys.stats());
+        for e in entries {
+            inv.arg(e.as_slice());
+        }
+        Ok(inv.invoke_async(&mut self.conn.clone()).await?)
+    }
+
+    /// Schedules a failed entry to run again at `run_at_ms`. False when the lease was lost.
+    pub async fn retry(
+        &self,
+        worker_id: &str,
+        fetched: &[u8],
+        next: &str,
+        run_at_ms: u64,
+    ) -> Result<bool, QueueError> {
+        let n: u64 = SCRIPTS
+            .retry
+            .key(self.keys.inflight(worker_id))
+            .key(self.keys.scheduled())
+            .key(self.keys.stats())
+            .arg(fetched)
+            .arg(next)
+            .arg(run_at_ms)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Moves a fetched entry to the dead letters. False when the lease was lost.
+    pub async fn bury(
+        &self,
+        worker_id: &str,
+        fetched: &[u8],
+        letter: &DeadLetter,
+    ) -> Result<bool, QueueError> {
+        let record = serde_json::to_string(letter).map_err(|e| QueueError::Corrupt {
+            key: self.keys.dead(),
+            reason: e.to_string(),
+        })?;
+        let n: u64 = SCRIPTS
+            .dead
+            .key(self.keys.inflight(worker_id))
+            .key(self.keys.dead())
+            .key(self.keys.dead_index())
+            .key(self.keys.stats())
+            .arg(fetched)
+            .arg(&letter.job_id)
+            .arg(record)
+            .arg(letter.dead_at_ms)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Records that `worker_id` is alive now.
+    pub async fn heartbeat(&self, worker_id: &str) -> Result<(), QueueError> {
+        let _: () = self
+            .conn
+            .clone()
+            .zadd(self.keys.workers(), worker_id, now_ms())
+            .await?;
+        Ok(())
+    }
+
+    /// Takes back the entries of every worker whose heartbeat is older than `lease`.
+    pub async fn recover_expired(
+        &self,
+        lease: Duration,
+        max_attempts: u32,
+    ) -> Result<RecoveryReport, QueueError> {
+        let now = now_ms();
+        let stale_before = now.saturating_sub(lease.as_millis() as u64);
+        let expired: Vec<String> = self
+            .conn
+            .clone()
+            .zrangebyscore_limit(
+                self.keys.workers(),
+                "-inf",
+                format!("({stale_before}"),
+                0,
+                100,
+            )
+            .await?;
+        let mut report = RecoveryReport::default();
+        for worker in expired {
+            let out: Vec<redis::Value> = SCRIPTS
+                .recover
+                .key(self.keys.workers())
+                .key(self.keys.inflight(&worker))
+                .key(self.keys.claim(&worker))
+                .key(self.keys.pending())
+                .key(self.keys.dead())
+                .key(self.keys.dead_index())
+                .key(self.keys.stats())
+                .arg(&worker)
+                .arg(stale_before)
+                .arg(max_attempts)
+                .arg(now)
+                .arg(&self.role)
+                .invoke_async(&mut self.conn.clone())
+                .await?;
+            let mut values = out.into_iter();
+            let requeued: i64 = values
+                .next()
+                .map(|v| redis::from_redis_value(v).unwrap_or(-1))
+                .unwrap_or(-1);
+            if requeued < 0 {
+                continue; // it heartbeated in the meantime
+            }
+            report.requeued += requeued as u64;
+            report
+                .dead
+                .extend(values.filter_map(|v| redis::from_redis_value::<String>(v).ok()));
+            report.workers.push(worker);
+        }
+        Ok(report)
+    }
+
+    /// Gives back everything `worker_id` holds and unregisters it (graceful shutdown).
+    pub async fn hand_back(&self, worker_id: &str) -> Result<u64, QueueError> {
+        Ok(SCRIPTS
+            .handback
+            .key(self.keys.inflight(worker_id))
+            .key(self.keys.claim(worker_id))
+            .key(self.keys.pending())
+            .key(self.keys.workers())
+            .arg(worker_id)
+            .invoke_async(&mut self.conn.clone())
+            .await?)
+    }
+
+    /// Moves due retries onto the pending list. Returns (moved, when the next is due).
+    pub async fn promote_due(&self) -> Result<(u64, Option<u64>), QueueError> {
+        let (moved, next): (u64, i64) = SCRIPTS
+            .promote
+            .key(self.keys.scheduled())
+            .key(self.keys.pending())
+            .arg(now_ms())
+            .arg(MAINTENANCE_CHUNK)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok((moved, u64::try_from(next).ok()))
+    }
+
+    /// Drops dead letters that died before `retention` ago.
+    pub async fn expire_dead_letters(&self, retention: Duration) -> Result<u64, QueueError> {
+        Ok(SCRIPTS
+            .expire_dead
+            .key(self.keys.dead())
+            .key(self.keys.dead_index())
+            .arg(now_ms().saturating_sub(retention.as_millis() as u64))
+            .arg(MAINTENANCE_CHUNK)
+            .invoke_async(&mut self.conn.clone())
+            .await?)
+    }
+
+    /// Reads every count in one round trip.
+    pub async fn counts(&self, lease: Duration) -> Result<QueueCounts, QueueError> {
+        let mut conn = self.conn.clone();
+        let live_since = now_ms().saturating_sub(lease.as_millis() as u64);
+        #[allow(clippy::type_complexity)]
+        let (pending, scheduled, dead, stats, workers, oldest): (
+            u64,
+            u64,
+            u64,
+            std::collections::HashMap<String, u64>,
+            Vec<(String, f64)>,
+            Option<Vec<u8>>,
+        ) = redis::pipe()
+            .llen(self.keys.pending())
+            .zcard(self.keys.scheduled())
+            .hlen(self.keys.dead())
+            .hgetall(self.keys.stats())
+            .zrange_withscores(self.keys.workers(), 0, -1)
+            .lindex(self.keys.pending(), -1)
+            .query_async(&mut conn)
+            .await?;
+        let mut in_flight = 0;
+        if !workers.is_empty() {
+            let mut pipe = redis::pipe();
+            for (worker, _) in &workers {
+                pipe.hlen(self.keys.inflight(worker));
+                pipe.llen(self.keys.claim(worker));
+            }
+            let sizes: Vec<u64> = pipe.query_async(&mut conn).await?;
+            in_flight = sizes.iter().sum();
+        }
+        let oldest_pending_age_ms = oldest.and_then(|raw| {
+            #[derive(serde::Deserialize)]
+            struct Enqueued {
+                enqueued_at_ms: u64,
+            }
+            serde_json::from_slice::<Enqueued>(&raw)
+                .ok()
+                .map(|e| now_ms().saturating_sub(e.enqueued_at_ms))
+        });
+        Ok(QueueCounts {
+            pending,
+            in_flight,
+            scheduled,
+            dead,
+            succeeded: stats.get("succeeded").copied().unwrap_or(0),
+            retried: stats.get("retried").copied().unwrap_or(0),
+            recovered: stats.get("recovered").copied().unwrap_or(0),
+            dead_lettered: stats.get("dead").copied().unwrap_or(0),
+            live_workers: workers
+                .iter()
+                .filter(|(_, hb)| *hb as u64 >= live_since)
+                .count() as u64,
+            oldest_pending_age_ms,
+        })
+    }
+
+    /// Dead letters, newest first: `offset`, `limit` for pagination.
+    pub async fn dead_letters(
+        &self,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, QueueError> {
+        let mut conn = self.conn.clone();
+        let ids: Vec<String> = conn
+            .zrevrange(
+                self.keys.dead_index(),
+                offset as isize,
+                (offset + limit) as isize - 1,
+            )
+            .await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let raw: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(self.keys.dead())
+            .arg(&ids)
+            .query_async(&mut conn)
+            .await?;
+        raw.into_iter()
+            .flatten()
+            .map(|json| self.parse_dead_letter(&json))
+            .collect()
+    }
+
+    /// Every dead letter id, oldest first.
+    pub async fn dead_letter_ids(&self) -> Result<Vec<String>, QueueError> {
+        Ok(self
+            .conn
+            .clone()
+            .zrange(self.keys.dead_index(), 0, -1)
+            .await?)
+    }
+
+    pub async fn dead_letter(&self, job_id: &str) -> Result<Option<DeadLetter>, QueueError> {
+        let raw: Option<String> = self.conn.clone().hget(self.keys.dead(), job_id).await?;
+        raw.map(|json| self.parse_dead_letter(&json)).transpose()
+    }
+
+    fn parse_dead_letter(&self, json: &str) -> Result<DeadLetter, QueueError> {
+        serde_json::from_str(json).map_err(|e| QueueError::Corrupt {
+            key: self.keys.dead(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Re-enqueues dead letters given as (job id, entry with its attempts reset). Each is
+    /// replayed at most once, however often this is called. Returns the ids replayed.
+    pub async fn replay(&self, entries: &[(String, String)]) -> Result<Vec<String>, QueueError> {
+        let mut replayed = Vec::new();
+        for chunk in entries.chunks(500) {
+            let mut inv = SCRIPTS.replay.key(self.keys.dead());
+            inv.key(self.keys.dead_index()).key(self.keys.pending());
+            for (id, entry) in chunk {
+                inv.arg(id).arg(entry);
+            }
+            let ids: Vec<String> = inv.invoke_async(&mut self.conn.clone()).await?;
+            replayed.extend(ids);
+        }
+        Ok(replayed)
+    }
+
+    /// Deletes dead letters. Returns how many existed.
+    pub async fn purge(&self, job_ids: &[String]) -> Result<u64, QueueError> {
+        let mut purged = 0;
+        for chunk in job_ids.chunks(1_000) {
+            let mut inv = SCRIPTS.purge.key(self.keys.dead());
+            inv.key(self.keys.dead_index());
+            for id in chunk {
+                inv.arg(id);
+            }
+            purged += inv.invoke_async::<u64>(&mut self.conn.clone()).await?;
+        }
+        Ok(purged)
+    }
+
+    /// Ids of live workers (heartbeat within `lease`).
+    pub async fn live_workers(&self, lease: Duration) -> Result<Vec<String>, QueueError> {
+        let since = now_ms().saturating_sub(lease.as_millis() as u64);
+        Ok(self
+            .conn
+            .clone()
+            .zrangebyscore(self.keys.workers(), since, "+inf")
+            .await?)
+    }
+}
+
+/// Default lifetime of an idempotency key: long enough to cover any retry of a push (client
+/// retries, crash-recovered re-runs of the job that pushed), short enough that keys do not
+/// pile up.
+pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// A job id for entries that carry none (undecodable bytes).
+pub fn unreadable_id(raw: &[u8]) -> String {
+    // FNV-1a: stable and cheap; the id only has to tell two garbage entries apart.
+    let mut hash: u64 = 0xcbf29ce484222325;
+    for b in raw {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x100000001b3);
+    }
+    format!("unreadable-{hash:016x}")
+}

@@ -1,0 +1,91 @@
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use agentfleet_providers::ProviderArgs;
+use agentfleet_queue::FailurePolicy;
+use agentfleet_telemetry::LogFormat;
+use clap::Args;
+
+/// Flags of every worker binary. Each is also an environment variable (the Helm chart and
+/// docker-compose configure workers that way); `tests/tests/deploy.rs` checks that the
+/// deployment files set nothing else.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    /// Redis to work against.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+
+    /// Prefix of every Redis key, so several fleets (or test runs) share one Redis.
+    #[arg(long, env = "AGENTFLEET_NAMESPACE", default_value = "agentfleet")]
+    pub namespace: String,
+
+    /// Jobs this process runs at once (LLM calls are I/O: hundreds are fine).
+    #[arg(long, env = "AGENTFLEET_CONCURRENCY", default_value_t = 50)]
+    pub concurrency: usize,
+
+    /// Name this worker reports (a random suffix is appended to make its id unique);
+    /// default: the host name (in Kubernetes, set it to the pod name).
+    #[arg(long, env = "AGENTFLEET_WORKER_NAME")]
+    pub worker_name: Option<String>,
+
+    /// Address for /metrics, /healthz and /readyz (default: 127.0.0.1:9464 for reasoning,
+    /// 127.0.0.1:9465 for synthesis; port 0 picks a free one and logs it).
+    #[arg(long, env = "AGENTFLEET_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
+    /// Deliveries a job gets before it is dead-lettered (crashes count too).
+    #[arg(long, env = "AGENTFLEET_MAX_ATTEMPTS", default_value_t = 5)]
+    pub max_attempts: u32,
+
+    /// First retry waits up to this long (full jitter), doubling per attempt.
+    #[arg(long, env = "AGENTFLEET_BACKOFF_BASE_MS", default_value_t = 1000)]
+    pub backoff_base_ms: u64,
+
+    /// Longest wait before a retry.
+    #[arg(long, env = "AGENTFLEET_BACKOFF_MAX_MS", default_value_t = 300_000)]
+    pub backoff_max_ms: u64,
+
+    /// A worker silent (no heartbeat) for this long is presumed dead and its jobs are
+    /// re-run by others.
+    #[arg(long, env = "AGENTFLEET_LEASE_TIMEOUT_SECS", default_value_t = 30)]
+    pub lease_timeout_secs: u64,
+
+    /// On SIGTERM/SIGINT, how long in-flight jobs may take to finish before they are
+    /// handed back to the queue.
+    #[arg(long, env = "AGENTFLEET_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
+
+    /// Lifetime of task records and dead letters.
+    #[arg(long, env = "AGENTFLEET_RECORD_TTL_SECS", default_value_t = 7 * 24 * 3600)]
+    pub record_ttl_secs: u64,
+
+    /// Log line format.
+    #[arg(
+        long,
+        env = "AGENTFLEET_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+
+    #[command(flatten)]
+    pub provider: ProviderArgs,
+}
+
+impl WorkerArgs {
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.lease_timeout_secs.max(1))
+    }
+
+    pub fn record_ttl(&self) -> Duration {
+        Duration::from_secs(self.record_ttl_secs.max(1))
+    }
+
+    pub fn policy(&self) -> FailurePolicy {
+        FailurePolicy {
+            max_attempts: self.max_attempts.max(1),
+            backoff_base: Duration::from_millis(self.backoff_base_ms),
+            backoff_max: Duration::from_millis(self.backoff_max_ms.max(self.backoff_base_ms)),
+        }
+    }
+}

@@ -1,0 +1,354 @@
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use agentfleet_queue::{
+    ConnectOptions, Delivery, Disposition, JobFailure, Namespace, Queue, RedisBackend, TaskStore,
+    WorkerOptions, WorkerStatus, connect,
+};
+use agentfleet_telemetry::{Metrics, Readiness, init_logging, serve};
+use apalis::layers::WorkerBuilderExt;
+use apalis_core::task::Task;
+use apalis_core::worker::builder::WorkerBuilder;
+use futures::future::BoxFuture;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::Instrument;
+
+use crate::{Llm, RoleContext, WorkerArgs};
+
+/// What makes a role a role.
+#[derive(Debug, Clone, Copy)]
+pub struct RoleSpec {
+    /// Queue name and metrics label: `reasoning`, `synthesis`, ...
+    pub name: &'static str,
+    /// Where `/metrics` listens when `--metrics-addr` is not given.
+    pub default_metrics_addr: &'static str,
+    /// Instruction given to the model when `--system-prompt` is not.
+    pub default_system_prompt: &'static str,
+}
+
+/// A role's job logic: given one delivery, do the work or say why not.
+pub trait RoleHandler: Send + Sync + 'static {
+    fn handle<'a>(
+        &'a self,
+        ctx: &'a RoleContext,
+        delivery: &'a Delivery,
+    ) -> BoxFuture<'a, Result<(), JobFailure>>;
+}
+
+/// Start-up failures: reported before the worker takes any job.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("provider configuration: {0}")]
+    Provider(#[from] agentfleet_providers::ConfigError),
+    #[error("cannot read the system prompt file: {0}")]
+    SystemPrompt(std::io::Error),
+    #[error("redis configuration: {0}")]
+    Queue(#[from] agentfleet_queue::QueueError),
+    #[error(transparent)]
+    Name(#[from] agentfleet_queue::InvalidName),
+    #[error("metrics registry: {0}")]
+    Metrics(String),
+    #[error("cannot listen on {addr} for /metrics, /healthz, /readyz: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("bad default metrics address {0:?}")]
+    DefaultAddr(&'static str),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    #[error("handing back unfinished jobs failed: {0}")]
+    HandBack(agentfleet_queue::QueueError),
+}
+
+/// `worker-name` (or host name) plus a random suffix: recovery tells workers apart by it,
+/// so two processes must never share one, even on one host or after a restart.
+fn worker_id(name: Option<&str>) -> String {
+    let base = name
+        .map(str::to_owned)
+        .or_else(|| hostname::get().ok().and_then(|h| h.into_string().ok()))
+        .unwrap_or_else(|| "worker".to_owned());
+    let base: String = base
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(48)
+        .collect();
+    let suffix: String = std::iter::repeat_with(fastrand::alphanumeric)
+        .take(6)
+        .collect();
+    format!("{base}-{}", suffix.to_ascii_lowercase())
+}
+
+struct WorkerReadiness(Arc<WorkerStatus>);
+
+impl Readiness for WorkerReadiness {
+    fn ready(&self) -> Result<(), String> {
+        if self.0.draining() {
+            Err("draining (shutting down)".to_owned())
+        } else if !self.0.redis_up() {
+            Err("redis unreachable".to_owned())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// The apalis service: runs the role's handler inside a span carrying the job's identity.
+struct RoleService<H> {
+    handler: Arc<H>,
+    ctx: Arc<RoleContext>,
+}
+
+impl<H> Clone for RoleService<H> {
+    fn clone(&self) -> Self {
+        Self {
+            handler: self.handler.clone(),
+            ctx: self.ctx.clone(),
+        }
+    }
+}
+
+impl<H: RoleHandler> tower::Service<Task<Delivery>> for RoleService<H> {
+    type Response = ();
+    type Error = JobFailure;
+    type Future = BoxFuture<'static, Result<(), JobFailure>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, task: Task<Delivery>) -> Self::Future {
+        let handler = self.handler.clone();
+        let ctx = self.ctx.clone();
+        let delivery = task.args;
+        let (task_id, attempt, trace_id) = job_identity(delivery.raw());
+        let span = tracing::info_span!("job", task_id = %task_id, role = ctx.role, attempt, trace_id = %trace_id);
+        Box::pin(async move { handler.handle(&ctx, &delivery).await }.instrument(span))
+    }
+}
+
+/// Identity fields for log lines, read leniently (the handler reports decode errors).
+fn job_identity(raw: &[u8]) -> (String, u32, String) {
+    #[derive(serde::Deserialize)]
+    struct Ident {
+        #[serde(default)]
+        attempt: u32,
+        #[serde(default)]
+        id: String,
+        #[serde(default)]
+        args: Option<TraceOnly>,
+    }
+    #[derive(serde::Deserialize)]
+    struct TraceOnly {
+        #[serde(default)]
+        trace: Option<agentfleet_job::TraceContext>,
+    }
+    match serde_json::from_slice::<Ident>(raw) {
+        Ok(i) => {
+            let trace = i
+                .args
+                .and_then(|a| a.trace)
+                .and_then(|t| t.trace_id().map(str::to_owned))
+                .unwrap_or_default();
+            (i.id, i.attempt, trace)
+        }
+        Err(_) => ("<undecodable>".to_owned(), 0, String::new()),
+    }
+}
+
+/// Runs a worker of `spec`'s role until SIGTERM or SIGINT, then shuts down gracefully:
+/// stop fetching, `/readyz` 503, let in-flight jobs finish within the grace period, hand
+/// back the rest at once, exit.
+pub async fn run<H: RoleHandler>(
+    spec: RoleSpec,
+    args: WorkerArgs,
+    handler: H,
+) -> Result<(), RuntimeError> {
+    init_logging(args.log_format);
+    let provider = agentfleet_providers::build(&args.provider)?;
+    let system_prompt = args
+        .provider
+        .system_prompt_or(spec.default_system_prompt)
+        .map_err(RuntimeError::SystemPrompt)?;
+    let namespace = Namespace::new(&args.namespace)?;
+    let worker_id = worker_id(args.worker_name.as_deref());
+    let version = env!("CARGO_PKG_VERSION");
+
+    let options = ConnectOptions::default();
+    let conn = connect(&args.redis_url, &options)?;
+    // The blocking wait parks its connection: it gets one of its own, with a reply timeout
+    // longer than the wait.
+    let blocking_conn = connect(
+        &args.redis_url,
+        &ConnectOptions {
+            response_timeout: Duration::from_secs(5),
+            ..options.clone()
+        },
+    )?;
+
+    let metrics = Metrics::new().map_err(|e| RuntimeError::Metrics(e.to_string()))?;
+    metrics.init_role(spec.name, version, &worker_id);
+    let status = Arc::new(WorkerStatus::default());
+
+    let queue =
+        Queue::new(conn.clone(), &namespace, spec.name)?.with_idempotency_ttl(args.record_ttl());
+    let store = TaskStore::new(conn.clone(), namespace.clone(), args.record_ttl());
+
+    let addr = match args.metrics_addr {
+        Some(addr) => addr,
+        None => spec
+            .default_metrics_addr
+            .parse()
+            .map_err(|_| RuntimeError::DefaultAddr(spec.default_metrics_addr))?,
+    };
+    let scrape_metrics = metrics.clone();
+    let scrape_status = status.clone();
+    let role = spec.name;
+    let health = serve(
+        addr,
+        metrics.clone(),
+        Arc::new(WorkerReadiness(status.clone())),
+        move || {
+            scrape_metrics
+                .jobs_in_flight
+                .with_label_values(&[role])
+                .set(scrape_status.running() as i64);
+            scrape_metrics
+                .redis_up
+                .set(i64::from(scrape_status.redis_up()));
+            scrape_metrics
+                .worker_draining
+                .set(i64::from(scrape_status.draining()));
+        },
+    )
+    .await
+    .map_err(|source| RuntimeError::Listen { addr, source })?;
+
+    let observer_metrics = metrics.clone();
+    let observer = Arc::new(move |disposition: Disposition, elapsed: Duration| {
+        if disposition != Disposition::LeaseLost {
+            observer_metrics.observe_job(role, disposition.as_str(), elapsed);
+        }
+    });
+    let worker_options = WorkerOptions {
+        worker_id: worker_id.clone(),
+        concurrency: args.concurrency.max(1),
+        lease: args.lease(),
+        block_timeout: Duration::from_secs(1),
+        policy: args.policy(),
+        dead_letter_retention: args.record_ttl(),
+    };
+    let (backend, handle) = RedisBackend::start(
+        queue.clone(),
+        Some(store.clone()),
+        blocking_conn,
+        worker_options,
+        status.clone(),
+        Some(observer),
+    );
+
+    let ctx = Arc::new(RoleContext {
+        role: spec.name,
+        worker_id: worker_id.clone(),
+        namespace,
+        store,
+        llm: Llm::new(provider.clone(), system_prompt, metrics.clone()),
+        conn,
+    });
+    let service = RoleService {
+        handler: Arc::new(handler),
+        ctx,
+    };
+    let worker = WorkerBuilder::new(worker_id.clone())
+        .backend(backend)
+        .concurrency(args.concurrency.max(1))
+        .build(service);
+    let worker_task = tokio::spawn(async move {
+        if let Err(e) = worker.run().await {
+            tracing::error!(error = %e, "worker loop ended with an error");
+        }
+    });
+    let sampler = tokio::spawn(sample_queue(queue, metrics.clone(), role, args.lease()));
+
+    tracing::info!(
+        worker_id = %worker_id,
+        role,
+        provider = provider.name(),
+        model = provider.model(),
+        concurrency = args.concurrency,
+        metrics_addr = %health.local_addr,
+        namespace = %args.namespace,
+        "worker started"
+    );
+
+    let mut term = signal(SignalKind::terminate()).map_err(RuntimeError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(RuntimeError::Signals)?;
+    let which = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    let grace = Duration::from_secs(args.shutdown_grace_secs);
+    tracing::info!(
+        signal = which,
+        running = status.running(),
+        grace_secs = grace.as_secs(),
+        "shutting down: no new jobs; finishing in-flight ones"
+    );
+    handle.stop_fetching();
+    metrics.worker_draining.set(1);
+    let finished = tokio::select! {
+        idle = handle.wait_idle(grace) => idle,
+        _ = term.recv() => false,
+        _ = int.recv() => false,
+    };
+    if !finished {
+        tracing::warn!(
+            unfinished = status.running(),
+            "grace period over: handing back unfinished jobs"
+        );
+    }
+    worker_task.abort();
+    sampler.abort();
+    let handed_back = handle
+        .finish(Duration::from_secs(5))
+        .await
+        .map_err(RuntimeError::HandBack)?;
+    health.abort();
+    tracing::info!(handed_back, "worker stopped");
+    Ok(())
+}
+
+/// Refreshes the queue gauges every 2 s off the hot path: one pipelined read per role.
+async fn sample_queue(queue: Queue, metrics: Metrics, role: &'static str, lease: Duration) {
+    loop {
+        if let Ok(c) = queue.counts(lease).await {
+            let depth = |state: &str, v: u64| {
+                metrics
+                    .queue_depth
+                    .with_label_values(&[role, state])
+                    .set(v as i64)
+            };
+            depth("pending", c.pending);
+            depth("scheduled", c.scheduled);
+            depth("dead", c.dead);
+            depth("in_flight", c.in_flight);
+            metrics
+                .oldest_pending_age_seconds
+                .with_label_values(&[role])
+                .set(c.oldest_pending_age_ms.unwrap_or(0) as f64 / 1000.0);
+            metrics
+                .workers_live
+                .with_label_values(&[role])
+                .set(c.live_workers as i64);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}

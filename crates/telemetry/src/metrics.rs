@@ -1,0 +1,198 @@
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Job durations run from milliseconds (mock) to minutes (a long LLM call with retries
+/// inside the provider): buckets span 5 ms to 10 min.
+const JOB_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0,
+    600.0,
+];
+/// LLM calls: 50 ms (a cached or tiny local model) to 5 min.
+const LLM_BUCKETS: &[f64] = &[
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+/// Every metric a worker exports. Cheap to update from the hot path (atomic adds on
+/// pre-resolved label sets) and cheap to scrape (a few dozen series per process).
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub jobs_total: IntCounterVec,
+    pub job_duration_seconds: HistogramVec,
+    pub jobs_in_flight: IntGaugeVec,
+    pub queue_depth: IntGaugeVec,
+    pub oldest_pending_age_seconds: GaugeVec,
+    pub workers_live: IntGaugeVec,
+    pub llm_request_duration_seconds: HistogramVec,
+    pub llm_errors_total: IntCounterVec,
+    pub llm_tokens_total: IntCounterVec,
+    pub worker_info: IntGaugeVec,
+    pub redis_up: IntGauge,
+    pub worker_draining: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let jobs_total = IntCounterVec::new(
+            Opts::new(
+                "agentfleet_jobs_total",
+                "Jobs settled, by role and outcome (succeeded, retried, dead).",
+            ),
+            &["role", "outcome"],
+        )?;
+        let job_duration_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "agentfleet_job_duration_seconds",
+                "Time from delivery to settlement of a job.",
+            )
+            .buckets(JOB_BUCKETS.to_vec()),
+            &["role"],
+        )?;
+        let jobs_in_flight = IntGaugeVec::new(
+            Opts::new(
+                "agentfleet_jobs_in_flight",
+                "Jobs this worker is running now.",
+            ),
+            &["role"],
+        )?;
+        let queue_depth = IntGaugeVec::new(
+            Opts::new(
+                "agentfleet_queue_depth",
+                "Entries in the role's queue by state (pending, scheduled, dead, in_flight), sampled from Redis; every worker of a role reports the same value, so aggregate with max().",
+            ),
+            &["role", "state"],
+        )?;
+        let oldest_pending_age_seconds = GaugeVec::new(
+            Opts::new(
+                "agentfleet_oldest_pending_age_seconds",
+                "Age of the oldest pending entry of the role (0 when none).",
+            ),
+            &["role"],
+        )?;
+        let workers_live = IntGaugeVec::new(
+            Opts::new(
+                "agentfleet_workers_live",
+                "Workers of the role with a fresh heartbeat in Redis.",
+            ),
+            &["role"],
+        )?;
+        let llm_request_duration_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "agentfleet_llm_request_duration_seconds",
+                "Duration of one provider call, successful or not.",
+            )
+            .buckets(LLM_BUCKETS.to_vec()),
+            &["provider", "model"],
+        )?;
+        let llm_errors_total = IntCounterVec::new(
+            Opts::new(
+                "agentfleet_llm_errors_total",
+                "Failed provider calls by class (rate_limited, overloaded, transient, permanent).",
+            ),
+            &["provider", "model", "class"],
+        )?;
+        let llm_tokens_total = IntCounterVec::new(
+            Opts::new(
+                "agentfleet_llm_tokens_total",
+                "Tokens reported by the provider, by kind (prompt, completion).",
+            ),
+            &["provider", "model", "kind"],
+        )?;
+        let worker_info = IntGaugeVec::new(
+            Opts::new(
+                "agentfleet_worker_info",
+                "Always 1; labels identify the worker.",
+            ),
+            &["version", "role", "worker_id"],
+        )?;
+        let redis_up = IntGauge::new(
+            "agentfleet_redis_up",
+            "1 when the worker's last Redis operation succeeded.",
+        )?;
+        let worker_draining = IntGauge::new(
+            "agentfleet_worker_draining",
+            "1 while the worker is shutting down (not fetching, finishing in-flight jobs).",
+        )?;
+        registry.register(Box::new(jobs_total.clone()))?;
+        registry.register(Box::new(job_duration_seconds.clone()))?;
+        registry.register(Box::new(jobs_in_flight.clone()))?;
+        registry.register(Box::new(queue_depth.clone()))?;
+        registry.register(Box::new(oldest_pending_age_seconds.clone()))?;
+        registry.register(Box::new(workers_live.clone()))?;
+        registry.register(Box::new(llm_request_duration_seconds.clone()))?;
+        registry.register(Box::new(llm_errors_total.clone()))?;
+        registry.register(Box::new(llm_tokens_total.clone()))?;
+        registry.register(Box::new(worker_info.clone()))?;
+        registry.register(Box::new(redis_up.clone()))?;
+        registry.register(Box::new(worker_draining.clone()))?;
+        Ok(Self {
+            registry,
+            jobs_total,
+            job_duration_seconds,
+            jobs_in_flight,
+            queue_depth,
+            oldest_pending_age_seconds,
+            workers_live,
+            llm_request_duration_seconds,
+            llm_errors_total,
+            llm_tokens_total,
+            worker_info,
+            redis_up,
+            worker_draining,
+        })
+    }
+
+    /// Pre-creates the series of a role so dashboards see zeros rather than gaps before
+    /// the first job.
+    pub fn init_role(&self, role: &str, version: &str, worker_id: &str) {
+        for outcome in ["succeeded", "retried", "dead"] {
+            self.jobs_total.with_label_values(&[role, outcome]);
+        }
+        for state in ["pending", "scheduled", "dead", "in_flight"] {
+            self.queue_depth.with_label_values(&[role, state]);
+        }
+        self.job_duration_seconds.with_label_values(&[role]);
+        self.jobs_in_flight.with_label_values(&[role]);
+        self.oldest_pending_age_seconds.with_label_values(&[role]);
+        self.workers_live.with_label_values(&[role]);
+        self.worker_info
+            .with_label_values(&[version, role, worker_id])
+            .set(1);
+    }
+
+    /// Pre-creates the provider series.
+    pub fn init_provider(&self, provider: &str, model: &str) {
+        self.llm_request_duration_seconds
+            .with_label_values(&[provider, model]);
+        for kind in ["prompt", "completion"] {
+            self.llm_tokens_total
+                .with_label_values(&[provider, model, kind]);
+        }
+        for class in ["rate_limited", "overloaded", "transient", "permanent"] {
+            self.llm_errors_total
+                .with_label_values(&[provider, model, class]);
+        }
+    }
+
+    pub fn observe_job(&self, role: &str, outcome: &str, duration: Duration) {
+        self.jobs_total.with_label_values(&[role, outcome]).inc();
+        self.job_duration_seconds
+            .with_label_values(&[role])
+            .observe(duration.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        let families = self.registry.gather();
+        if TextEncoder::new().encode(&families, &mut buf).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

@@ -1,0 +1,169 @@
+use std::process::ExitCode;
+
+use agentfleet_job::{Envelope, TaskStatus};
+use agentfleet_queue::DeadLetter;
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use serde_json::value::RawValue;
+
+use crate::Fleet;
+
+#[derive(Subcommand)]
+pub enum DlqCommand {
+    /// Dead letters of a role, newest first.
+    List {
+        role: String,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One dead letter (looked up in every role).
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-enqueue dead letters with their attempts reset. Replaying twice enqueues once.
+    Replay {
+        role: String,
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        ids: Vec<String>,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Delete dead letters for good.
+    Purge {
+        role: String,
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        ids: Vec<String>,
+        #[arg(long)]
+        all: bool,
+        /// Confirm: purged dead letters cannot be recovered.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+pub async fn run(fleet: &Fleet, cmd: DlqCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        DlqCommand::List {
+            role,
+            limit,
+            offset,
+            json,
+        } => {
+            let letters = fleet.queue(&role)?.dead_letters(offset, limit).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&letters)?);
+            } else if letters.is_empty() {
+                println!("no dead letters for {role}");
+            } else {
+                println!("{:<28} {:<10} {:>8}  ERROR", "ID", "CLASS", "ATTEMPTS");
+                for l in &letters {
+                    let error: String = l.error.chars().take(100).collect();
+                    println!(
+                        "{:<28} {:<10} {:>8}  {error}",
+                        l.job_id,
+                        l.error_class.to_string(),
+                        l.attempts
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DlqCommand::Show { id, json } => {
+            for role in &fleet.roles {
+                if let Some(letter) = fleet.queue(role)?.dead_letter(&id).await? {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&letter)?);
+                    } else {
+                        print_letter(&letter);
+                    }
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
+            bail!(
+                "no dead letter {id} in any role ({})",
+                fleet.roles.join(", ")
+            )
+        }
+        DlqCommand::Replay { role, ids, all } => {
+            let queue = fleet.queue(&role)?;
+            let ids = if all {
+                queue.dead_letter_ids().await?
+            } else {
+                ids
+            };
+            let mut pairs = Vec::with_capacity(ids.len());
+            for id in &ids {
+                let Some(letter) = queue.dead_letter(id).await? else {
+                    eprintln!(
+                        "agentfleet: no dead letter {id} in {role} (already replayed or purged?)"
+                    );
+                    continue;
+                };
+                pairs.push((id.clone(), reset(&letter.payload)));
+            }
+            let replayed = queue.replay(&pairs).await.context("replay failed")?;
+            // While waiting in a role's queue a task shows the status of that stage.
+            let status = if fleet.roles.first() == Some(&role) {
+                TaskStatus::Queued
+            } else {
+                TaskStatus::Synthesizing
+            };
+            for id in &replayed {
+                fleet.store.set_status(id, status).await?;
+            }
+            println!("replayed {} dead letter(s) of {role}", replayed.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        DlqCommand::Purge {
+            role,
+            ids,
+            all,
+            yes,
+        } => {
+            if !yes {
+                bail!("purging deletes dead letters for good: add --yes to confirm");
+            }
+            let queue = fleet.queue(&role)?;
+            let ids = if all {
+                queue.dead_letter_ids().await?
+            } else {
+                ids
+            };
+            let purged = queue.purge(&ids).await?;
+            println!("purged {purged} dead letter(s) of {role}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The entry to enqueue again: attempts back to zero, failure notes cleared. An entry that
+/// is not an envelope is replayed as it is (it will be dead-lettered again, with the reason).
+fn reset(payload: &str) -> String {
+    match Envelope::<Box<RawValue>>::decode(payload.as_bytes()) {
+        Ok(mut e) => {
+            e.attempt = 0;
+            e.first_failed_at_ms = None;
+            e.last_error = None;
+            e.encode()
+        }
+        Err(_) => payload.to_owned(),
+    }
+}
+
+fn print_letter(l: &DeadLetter) {
+    println!("id          {}", l.job_id);
+    println!("role        {}", l.role);
+    println!("class       {}", l.error_class);
+    println!("error       {}", l.error);
+    println!("attempts    {}", l.attempts);
+    println!("first fail  {} ms", l.first_failed_at_ms);
+    println!("last fail   {} ms", l.last_failed_at_ms);
+    println!("worker      {}", l.worker_id);
+    println!("payload     {}", l.payload);
+}

@@ -1,0 +1,186 @@
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use agentfleet_job::{TaskRecord, TaskStatus};
+use anyhow::Context;
+
+use crate::Fleet;
+
+fn not_found(id: &str) -> anyhow::Error {
+    anyhow::anyhow!("task {id} not found: never enqueued in this namespace, or its record expired")
+}
+
+pub async fn status(fleet: &Fleet, id: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let record = fleet
+        .store
+        .get(id)
+        .await
+        .context("reading the task record")?;
+    let Some(record) = record else {
+        return Err(not_found(id));
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&record)?);
+    } else {
+        print_record(&record);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_record(r: &TaskRecord) {
+    println!("task      {}", r.task_id);
+    println!("status    {}", r.status);
+    println!("prompt    {}", r.prompt);
+    for (k, v) in &r.metadata {
+        println!("meta      {k}={v}");
+    }
+    for (role, stage) in &r.stages {
+        let took = stage
+            .duration_ms()
+            .map(|ms| format!("{ms} ms"))
+            .unwrap_or_else(|| "-".to_owned());
+        let usage = stage
+            .usage
+            .map(|u| {
+                format!(
+                    "{} prompt + {} completion tokens",
+                    u.prompt_tokens, u.completion_tokens
+                )
+            })
+            .unwrap_or_default();
+        println!(
+            "{role:<9} attempts {} | {took} | {} | {usage}",
+            stage.attempts,
+            stage.worker_id.as_deref().unwrap_or("-")
+        );
+    }
+    if let Some(e) = &r.last_error {
+        println!("error     {e}");
+    }
+    if let Some(a) = &r.analysis {
+        println!("\nanalysis:\n{a}");
+    }
+    if let Some(a) = &r.answer {
+        println!("\nanswer:\n{a}");
+    }
+}
+
+pub async fn wait(
+    fleet: &Fleet,
+    ids: &[String],
+    timeout: Option<Duration>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let mut poll = Duration::from_millis(20);
+    loop {
+        let statuses = fleet
+            .store
+            .statuses(ids)
+            .await
+            .context("reading task status")?;
+        if let Some(pos) = statuses.iter().position(Option::is_none) {
+            return Err(not_found(&ids[pos]));
+        }
+        if statuses.iter().flatten().all(|s| s.is_terminal()) {
+            let mut any_dead = false;
+            for id in ids {
+                let Some(record) = fleet.store.get(id).await? else {
+                    return Err(not_found(id));
+                };
+                any_dead |= record.status == TaskStatus::Dead;
+                if json {
+                    println!("{}", serde_json::to_string(&record)?);
+                } else if record.status == TaskStatus::Done {
+                    if ids.len() > 1 {
+                        println!("== {id}");
+                    }
+                    println!("{}", record.answer.as_deref().unwrap_or_default());
+                } else {
+                    println!(
+                        "== {id} is dead: {}",
+                        record.last_error.as_deref().unwrap_or("no reason recorded")
+                    );
+                }
+            }
+            return Ok(if any_dead {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            });
+        }
+        if let Some(limit) = timeout {
+            if started.elapsed() >= limit {
+                let open = ids
+                    .iter()
+                    .zip(&statuses)
+                    .filter(|(_, s)| !s.is_some_and(|s| s.is_terminal()))
+                    .map(|(id, s)| format!("{id} ({})", s.map(|s| s.as_str()).unwrap_or("?")))
+                    .collect::<Vec<_>>();
+                eprintln!("agentfleet: timed out waiting for {}", open.join(", "));
+                return Ok(ExitCode::from(2));
+            }
+        }
+        tokio::time::sleep(poll).await;
+        poll = (poll * 2).min(Duration::from_millis(250));
+    }
+}
+
+pub async fn queues(fleet: &Fleet, json: bool) -> anyhow::Result<ExitCode> {
+    let mut rows = Vec::new();
+    for role in &fleet.roles {
+        let queue = fleet.queue(role)?;
+        let counts = queue
+            .counts(fleet.lease)
+            .await
+            .with_context(|| format!("reading queue {role}"))?;
+        let workers = queue.live_workers(fleet.lease).await?;
+        rows.push((role.clone(), counts, workers));
+    }
+    if json {
+        let out: Vec<_> = rows
+            .iter()
+            .map(|(role, c, workers)| {
+                serde_json::json!({
+                    "role": role,
+                    "pending": c.pending,
+                    "in_flight": c.in_flight,
+                    "scheduled": c.scheduled,
+                    "dead": c.dead,
+                    "done": c.succeeded,
+                    "retried": c.retried,
+                    "recovered": c.recovered,
+                    "oldest_pending_age_ms": c.oldest_pending_age_ms,
+                    "live_workers": workers,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<12} {:>9} {:>9} {:>9} {:>7} {:>10} {:>8}  oldest",
+        "ROLE", "PENDING", "IN-FLIGHT", "SCHEDULED", "DEAD", "DONE", "WORKERS"
+    );
+    for (role, c, workers) in &rows {
+        let oldest = c
+            .oldest_pending_age_ms
+            .map(|ms| format!("{:.1}s", ms as f64 / 1000.0))
+            .unwrap_or_else(|| "-".to_owned());
+        println!(
+            "{role:<12} {:>9} {:>9} {:>9} {:>7} {:>10} {:>8}  {oldest}",
+            c.pending,
+            c.in_flight,
+            c.scheduled,
+            c.dead,
+            c.succeeded,
+            workers.len()
+        );
+    }
+    for (role, _, workers) in &rows {
+        if !workers.is_empty() {
+            println!("{role} workers: {}", workers.join(", "));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
