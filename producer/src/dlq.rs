@@ -107,16 +107,17 @@ pub async fn run(fleet: &Fleet, cmd: DlqCommand) -> anyhow::Result<ExitCode> {
                 };
                 pairs.push((id.clone(), reset(&letter.payload)));
             }
-            let replayed = queue.replay(&pairs).await.context("replay failed")?;
-            // While waiting in a role's queue a task shows the status of that stage.
+            // While waiting in a role's queue a task shows the status of that stage. Set
+            // before the push: a worker may finish the job before a later write lands.
             let status = if fleet.roles.first() == Some(&role) {
                 TaskStatus::Queued
             } else {
                 TaskStatus::Synthesizing
             };
-            for id in &replayed {
-                fleet.store.set_status(id, status).await?;
+            for (id, _) in &pairs {
+                fleet.store.requeue_dead(id, status).await?;
             }
+            let replayed = queue.replay(&pairs).await.context("replay failed")?;
             println!("replayed {} dead letter(s) of {role}", replayed.len());
             Ok(ExitCode::SUCCESS)
         }

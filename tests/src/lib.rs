@@ -1,7 +1,19 @@
 //! Helpers for agentfleet's end-to-end tests: real binaries, real Redis, real processes.
+//!
+//! Every test gets its own namespace (so tests share one Redis without seeing each other)
+//! and deletes its keys when it ends.
 #![forbid(unsafe_code)]
 
-use std::path::PathBuf;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use agentfleet_job::{TaskRecord, TaskStatus};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 
 /// Path of one of the workspace's binaries (`agentfleet`, `reasoning-worker`,
 /// `synthesis-worker`), built by `cargo build --workspace --bins` before the tests run
@@ -25,4 +37,404 @@ pub fn bin(name: &str) -> PathBuf {
 /// The Redis the tests use: `REDIS_URL`, or the local default.
 pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A free loopback port (bound then released: good enough for tests on one machine).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Polls `check` until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    check()
+}
+
+/// One test's private slice of a Redis: a unique namespace, deleted on drop.
+pub struct Fleet {
+    pub namespace: String,
+    pub redis_url: String,
+    client: redis::Client,
+}
+
+impl Fleet {
+    pub fn new(test: &str) -> Self {
+        Self::on(test, &redis_url())
+    }
+
+    pub fn on(test: &str, redis_url: &str) -> Self {
+        let suffix: String = std::iter::repeat_with(fastrand::alphanumeric)
+            .take(6)
+            .collect();
+        let namespace = format!("t-{test}-{suffix}");
+        let client = redis::Client::open(redis_url).expect("redis url");
+        Self {
+            namespace,
+            redis_url: redis_url.to_owned(),
+            client,
+        }
+    }
+
+    pub fn conn(&self) -> redis::Connection {
+        self.client
+            .get_connection()
+            .expect("redis reachable for the tests")
+    }
+
+    /// Runs `agentfleet` with this fleet's Redis and namespace.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(bin("agentfleet"))
+            .args(args)
+            .env("REDIS_URL", &self.redis_url)
+            .env("AGENTFLEET_NAMESPACE", &self.namespace)
+            .output()
+            .expect("run agentfleet")
+    }
+
+    /// Runs `agentfleet`, asserts success, returns stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "agentfleet {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Enqueues `n` tasks; returns their ids.
+    pub fn enqueue_many(&self, n: usize, prompt: &str) -> Vec<String> {
+        let dir = tempdir();
+        let path = dir.join("tasks.jsonl");
+        let mut lines = String::new();
+        for i in 0..n {
+            lines.push_str(&serde_json::json!({"prompt": format!("{prompt} #{i}")}).to_string());
+            lines.push('\n');
+        }
+        std::fs::write(&path, lines).expect("write tasks file");
+        let out = self.cli_ok(&["enqueue", "--file", path.to_str().expect("utf-8 path")]);
+        let _ = std::fs::remove_dir_all(dir);
+        out.lines().map(str::to_owned).collect()
+    }
+
+    pub fn record(&self, id: &str) -> TaskRecord {
+        let out = self.cli_ok(&["status", id, "--json"]);
+        serde_json::from_str(&out).expect("status --json is a task record")
+    }
+
+    /// Statuses of many tasks, straight from Redis.
+    pub fn statuses(&self, ids: &[String]) -> Vec<Option<TaskStatus>> {
+        let mut conn = self.conn();
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.hget(format!("{}:task:{id}", self.namespace), "status");
+        }
+        let raw: Vec<Option<String>> = pipe.query(&mut conn).expect("read statuses");
+        raw.into_iter()
+            .map(|s| s.and_then(|s| s.parse().ok()))
+            .collect()
+    }
+
+    pub fn count_status(&self, ids: &[String], status: TaskStatus) -> usize {
+        self.statuses(ids)
+            .iter()
+            .filter(|s| **s == Some(status))
+            .count()
+    }
+
+    /// A key of one role's queue, e.g. `key("reasoning", "pending")`.
+    pub fn key(&self, role: &str, suffix: &str) -> String {
+        format!("{{{}:{role}}}:{suffix}", self.namespace)
+    }
+
+    pub fn queue_counts(&self) -> serde_json::Value {
+        serde_json::from_str(&self.cli_ok(&["queues", "--json"])).expect("queues --json")
+    }
+
+    /// Every key under the namespace.
+    pub fn keys(&self) -> Vec<String> {
+        let mut conn = self.conn();
+        let mut keys: Vec<String> = Vec::new();
+        for pattern in [
+            format!("{}:*", self.namespace),
+            format!("{{{}:*", self.namespace),
+        ] {
+            let iter: redis::Iter<String> = redis::cmd("SCAN")
+                .cursor_arg(0)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .clone()
+                .iter(&mut conn)
+                .expect("scan");
+            keys.extend(iter.filter_map(Result::ok));
+        }
+        keys
+    }
+
+    pub fn worker(&self, role: &str) -> WorkerBuilder<'_> {
+        WorkerBuilder {
+            fleet: self,
+            role: role.to_owned(),
+            args: Vec::new(),
+            envs: Vec::new(),
+        }
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        let keys = self.keys();
+        if let Ok(mut conn) = self.client.get_connection() {
+            for chunk in keys.chunks(500) {
+                let _: redis::RedisResult<()> = redis::cmd("DEL").arg(chunk).query(&mut conn);
+            }
+        }
+    }
+}
+
+/// Options for one worker process.
+pub struct WorkerBuilder<'a> {
+    fleet: &'a Fleet,
+    role: String,
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+}
+
+impl WorkerBuilder<'_> {
+    pub fn arg(mut self, flag: &str, value: impl ToString) -> Self {
+        self.args.push(flag.to_owned());
+        self.args.push(value.to_string());
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: impl ToString) -> Self {
+        self.envs.push((key.to_owned(), value.to_string()));
+        self
+    }
+
+    pub fn spawn(self) -> Worker {
+        let port = free_port();
+        let mut cmd = Command::new(bin(&format!("{}-worker", self.role)));
+        cmd.args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+            .args(&self.args)
+            .env("REDIS_URL", &self.fleet.redis_url)
+            .env("AGENTFLEET_NAMESPACE", &self.fleet.namespace)
+            .env("RUST_LOG", "info")
+            .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn worker");
+        let log = Arc::new(Mutex::new(String::new()));
+        if let Some(stderr) = child.stderr.take() {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if let Ok(mut l) = log.lock() {
+                        l.push_str(&line);
+                        l.push('\n');
+                    }
+                }
+            });
+        }
+        let worker = Worker {
+            child,
+            port,
+            log,
+            role: self.role,
+        };
+        assert!(
+            wait_until(Duration::from_secs(10), || worker.http_status("/healthz")
+                == Some(200)),
+            "{} worker did not come up:\n{}",
+            worker.role,
+            worker.log()
+        );
+        worker
+    }
+}
+
+/// A running worker process; killed (SIGKILL) on drop if still running.
+pub struct Worker {
+    child: Child,
+    pub port: u16,
+    pub role: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl Worker {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the worker logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), signal);
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill9(&mut self) {
+        self.signal(Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the process to exit; returns its exit code (None if killed by a signal
+    /// or still running after `timeout`).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<Option<i32>> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status.code());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// HTTP status of a GET on the worker's metrics port (None when nothing answers).
+    pub fn http_status(&self, path: &str) -> Option<u16> {
+        http_get(self.port, path).map(|(status, _)| status)
+    }
+
+    pub fn metrics(&self) -> String {
+        http_get(self.port, "/metrics")
+            .map(|(_, body)| body)
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.signal(Signal::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A minimal HTTP/1.0 GET against 127.0.0.1: (status, body).
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(1),
+    )
+    .ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// A fresh temporary directory.
+pub fn tempdir() -> PathBuf {
+    let suffix: String = std::iter::repeat_with(fastrand::alphanumeric)
+        .take(10)
+        .collect();
+    let dir = std::env::temp_dir().join(format!("agentfleet-test-{suffix}"));
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+/// A private redis-server on a free loopback port, with AOF (fsync always) in a temp dir so
+/// that it can be stopped and restarted without losing data. Killed on drop.
+pub struct PrivateRedis {
+    child: Option<Child>,
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl PrivateRedis {
+    pub fn start() -> Self {
+        let port = free_port();
+        let dir = tempdir();
+        let mut redis = Self {
+            child: None,
+            port,
+            dir,
+        };
+        redis.restart();
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again), with the data it had.
+    pub fn restart(&mut self) {
+        let child = Command::new(redis_server())
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        let url = self.url();
+        assert!(
+            wait_until(Duration::from_secs(10), || {
+                redis::Client::open(url.as_str())
+                    .and_then(|c| c.get_connection())
+                    .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+                    .is_ok()
+            }),
+            "private redis-server did not start"
+        );
+    }
+
+    /// Stops the server abruptly (SIGKILL; the AOF holds every acknowledged write).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn redis_server() -> PathBuf {
+    for dir in ["/usr/bin", "/usr/local/bin", "/usr/sbin"] {
+        let p = Path::new(dir).join("redis-server");
+        if p.exists() {
+            return p;
+        }
+    }
+    PathBuf::from("redis-server")
 }

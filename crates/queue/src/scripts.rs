@@ -20,6 +20,7 @@ pub(crate) struct Scripts {
     pub expire_dead: Script,
     pub record_start: Script,
     pub record_finish: Script,
+    pub record_requeue: Script,
 }
 
 pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -36,4 +37,5 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     expire_dead: Script::new(include_str!("lua/expire_dead.lua")),
     record_start: Script::new(include_str!("lua/record_start.lua")),
     record_finish: Script::new(include_str!("lua/record_finish.lua")),
+    record_requeue: Script::new(include_str!("lua/record_requeue.lua")),
 });

@@ -173,10 +173,21 @@ impl TaskStore {
             .await
     }
 
-    /// Sets the status (used when a dead letter is replayed).
-    pub async fn set_status(&self, task_id: &str, status: TaskStatus) -> Result<(), QueueError> {
-        self.set_fields(task_id, &[("status", status.as_str().to_owned())])
-            .await
+    /// Shows a dead task as waiting again (its dead letter is being replayed). Call it
+    /// before re-enqueueing: a worker may finish the job before a later write could land.
+    pub async fn requeue_dead(
+        &self,
+        task_id: &str,
+        status: TaskStatus,
+    ) -> Result<bool, QueueError> {
+        let changed: i64 = SCRIPTS
+            .record_requeue
+            .key(self.namespace.task(task_id))
+            .arg(status.as_str())
+            .arg(now_ms())
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(changed == 1)
     }
 
     async fn set_fields(&self, task_id: &str, fields: &[(&str, String)]) -> Result<(), QueueError> {
