@@ -97,7 +97,7 @@ for p in "${prompts[@]}"; do
   ids+=("$("$BIN/agentfleet" enqueue "$p")")
 done
 echo "==> enqueued ${#ids[@]} tasks; waiting for answers"
-"$BIN/agentfleet" wait "${ids[@]}" --timeout 60
+"$BIN/agentfleet" wait "${ids[@]}" --timeout 60 >/dev/null
 for i in "${!ids[@]}"; do
   echo
   echo "task ${ids[$i]}: ${prompts[$i]}"

@@ -37,7 +37,13 @@ impl MockProvider {
             hash ^= u64::from(byte);
             hash = hash.wrapping_mul(0x100000001b3);
         }
-        let first_line = request.user.lines().next().unwrap_or_default();
+        // The first line with content that is not a label ("Question:"): the prompt itself.
+        let first_line = request
+            .user
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty() && !l.ends_with(':'))
+            .unwrap_or_default();
         let gist: String = first_line.chars().take(120).collect();
         format!(
             "[mock {hash:016x}] Considered \"{gist}\" in {} words: state the question, list what is known, weigh the options, conclude.",

@@ -30,6 +30,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tower::{Layer, Service};
+use tracing::Instrument;
 
 use crate::queue::{MAX_FETCH, unreadable_id};
 use crate::{DeadLetter, Queue, QueueError, TaskStore};
@@ -379,17 +380,52 @@ where
     fn call(&mut self, task: Task<Delivery>) -> Self::Future {
         let delivery = task.args.clone();
         let shared = self.shared.clone();
-        let fut = self.inner.call(task);
-        Box::pin(async move {
-            let result = fut.await.map_err(Into::into);
-            let disposition = settle(&shared, &delivery, result.as_ref().err()).await;
-            shared.status.running.fetch_sub(1, Ordering::Relaxed);
-            shared.slots.add_permits(1);
-            if let Some(observer) = &shared.observer {
-                observer(disposition, delivery.elapsed());
+        let (job_id, attempt, trace_id) = job_identity(delivery.raw());
+        // Every log line of a job, the handler's and the settlement's, carries these.
+        let span = tracing::info_span!("job", task_id = %job_id, role = shared.queue.role(), attempt, trace_id = %trace_id);
+        let fut = self.inner.call(task).instrument(span.clone());
+        Box::pin(
+            async move {
+                let result = fut.await.map_err(Into::into);
+                let disposition = settle(&shared, &delivery, result.as_ref().err()).await;
+                shared.status.running.fetch_sub(1, Ordering::Relaxed);
+                shared.slots.add_permits(1);
+                if let Some(observer) = &shared.observer {
+                    observer(disposition, delivery.elapsed());
+                }
+                result
             }
-            result
-        })
+            .instrument(span),
+        )
+    }
+}
+
+/// Identity fields for log lines, read leniently: the handler reports decode errors.
+fn job_identity(raw: &[u8]) -> (String, u32, String) {
+    #[derive(serde::Deserialize)]
+    struct Ident {
+        #[serde(default)]
+        attempt: u32,
+        #[serde(default)]
+        id: String,
+        #[serde(default)]
+        args: Option<TraceOnly>,
+    }
+    #[derive(serde::Deserialize)]
+    struct TraceOnly {
+        #[serde(default)]
+        trace: Option<agentfleet_job::TraceContext>,
+    }
+    match serde_json::from_slice::<Ident>(raw) {
+        Ok(i) => {
+            let trace = i
+                .args
+                .and_then(|a| a.trace)
+                .and_then(|t| t.trace_id().map(str::to_owned))
+                .unwrap_or_default();
+            (i.id, i.attempt, trace)
+        }
+        Err(_) => ("<undecodable>".to_owned(), 0, String::new()),
     }
 }
 

@@ -68,6 +68,11 @@ pub struct WorkerArgs {
     )]
     pub log_format: LogFormat,
 
+    /// Benchmarking only: acknowledge every job without running the role's handler, so
+    /// that `agentfleet bench` measures the queue alone.
+    #[arg(long, env = "AGENTFLEET_BENCH_NOOP", hide = true)]
+    pub bench_noop: bool,
+
     #[command(flatten)]
     pub provider: ProviderArgs,
 }

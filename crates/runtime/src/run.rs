@@ -13,7 +13,6 @@ use apalis_core::task::Task;
 use apalis_core::worker::builder::WorkerBuilder;
 use futures::future::BoxFuture;
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::Instrument;
 
 use crate::{Llm, RoleContext, WorkerArgs};
 
@@ -105,6 +104,7 @@ impl Readiness for WorkerReadiness {
 struct RoleService<H> {
     handler: Arc<H>,
     ctx: Arc<RoleContext>,
+    noop: bool,
 }
 
 impl<H> Clone for RoleService<H> {
@@ -112,6 +112,7 @@ impl<H> Clone for RoleService<H> {
         Self {
             handler: self.handler.clone(),
             ctx: self.ctx.clone(),
+            noop: self.noop,
         }
     }
 }
@@ -126,41 +127,13 @@ impl<H: RoleHandler> tower::Service<Task<Delivery>> for RoleService<H> {
     }
 
     fn call(&mut self, task: Task<Delivery>) -> Self::Future {
+        if self.noop {
+            return Box::pin(futures::future::ready(Ok(())));
+        }
         let handler = self.handler.clone();
         let ctx = self.ctx.clone();
         let delivery = task.args;
-        let (task_id, attempt, trace_id) = job_identity(delivery.raw());
-        let span = tracing::info_span!("job", task_id = %task_id, role = ctx.role, attempt, trace_id = %trace_id);
-        Box::pin(async move { handler.handle(&ctx, &delivery).await }.instrument(span))
-    }
-}
-
-/// Identity fields for log lines, read leniently (the handler reports decode errors).
-fn job_identity(raw: &[u8]) -> (String, u32, String) {
-    #[derive(serde::Deserialize)]
-    struct Ident {
-        #[serde(default)]
-        attempt: u32,
-        #[serde(default)]
-        id: String,
-        #[serde(default)]
-        args: Option<TraceOnly>,
-    }
-    #[derive(serde::Deserialize)]
-    struct TraceOnly {
-        #[serde(default)]
-        trace: Option<agentfleet_job::TraceContext>,
-    }
-    match serde_json::from_slice::<Ident>(raw) {
-        Ok(i) => {
-            let trace = i
-                .args
-                .and_then(|a| a.trace)
-                .and_then(|t| t.trace_id().map(str::to_owned))
-                .unwrap_or_default();
-            (i.id, i.attempt, trace)
-        }
-        Err(_) => ("<undecodable>".to_owned(), 0, String::new()),
+        Box::pin(async move { handler.handle(&ctx, &delivery).await })
     }
 }
 
@@ -266,6 +239,7 @@ pub async fn run<H: RoleHandler>(
     let service = RoleService {
         handler: Arc::new(handler),
         ctx,
+        noop: args.bench_noop,
     };
     let worker = WorkerBuilder::new(worker_id.clone())
         .backend(backend)

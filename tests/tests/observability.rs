@@ -1,0 +1,171 @@
+//! What operators see: metrics, health, logs.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use agentfleet_e2e::{Fleet, wait_until};
+use agentfleet_job::TaskStatus;
+
+fn promtool() -> Option<std::path::PathBuf> {
+    let local = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/bin/promtool");
+    if local.exists() {
+        return Some(local);
+    }
+    Command::new("promtool")
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|_| "promtool".into())
+}
+
+#[test]
+fn metrics_after_real_jobs_pass_promtool_and_carry_the_fixed_names() {
+    let fleet = Fleet::new("metrics");
+    let r = fleet
+        .worker("reasoning")
+        .arg("--mock-fail-rate", 0.3)
+        .arg("--backoff-base-ms", 5)
+        .arg("--backoff-max-ms", 20)
+        .arg("--max-attempts", 30)
+        .spawn();
+    let s = fleet.worker("synthesis").spawn();
+    let ids = fleet.enqueue_many(30, "observe");
+    assert!(wait_until(Duration::from_secs(30), || fleet
+        .count_status(&ids, TaskStatus::Done)
+        == 30));
+    // Queue gauges are sampled every 2 s.
+    std::thread::sleep(Duration::from_millis(2_500));
+    let text = r.metrics();
+    for name in [
+        "agentfleet_jobs_total{outcome=\"succeeded\",role=\"reasoning\"} 30",
+        "agentfleet_job_duration_seconds_bucket",
+        "agentfleet_jobs_in_flight{role=\"reasoning\"}",
+        "agentfleet_queue_depth{role=\"reasoning\",state=\"pending\"} 0",
+        "agentfleet_queue_depth{role=\"reasoning\",state=\"scheduled\"}",
+        "agentfleet_queue_depth{role=\"reasoning\",state=\"dead\"} 0",
+        "agentfleet_oldest_pending_age_seconds{role=\"reasoning\"}",
+        "agentfleet_llm_request_duration_seconds_bucket{model=\"mock-1\",provider=\"mock\"",
+        "agentfleet_llm_errors_total{class=\"transient\",model=\"mock-1\",provider=\"mock\"}",
+        "agentfleet_llm_tokens_total{kind=\"prompt\",model=\"mock-1\",provider=\"mock\"}",
+        "agentfleet_worker_info{role=\"reasoning\"",
+        "agentfleet_workers_live{role=\"reasoning\"} 1",
+        "agentfleet_redis_up 1",
+    ] {
+        assert!(text.contains(name), "missing {name} in:\n{text}");
+    }
+    let retried = text
+        .lines()
+        .find(|l| l.starts_with("agentfleet_jobs_total{outcome=\"retried\",role=\"reasoning\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(retried > 0.0, "a 30% failure rate must show retries");
+    assert!(
+        s.metrics()
+            .contains("agentfleet_jobs_total{outcome=\"succeeded\",role=\"synthesis\"} 30")
+    );
+    assert_eq!(r.http_status("/healthz"), Some(200));
+    assert_eq!(r.http_status("/readyz"), Some(200));
+
+    match promtool() {
+        Some(promtool) => {
+            let mut child = Command::new(promtool)
+                .args(["check", "metrics"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("run promtool");
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "promtool check metrics: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        None => {
+            assert!(
+                std::env::var("CI").is_err(),
+                "CI must install promtool (.ci/install-deploy-tools.sh)"
+            );
+            eprintln!("promtool not installed: skipped `promtool check metrics` (CI runs it)");
+        }
+    }
+}
+
+#[test]
+fn json_logs_carry_task_id_role_and_attempt_on_every_job_line() {
+    let fleet = Fleet::new("jsonlogs");
+    let r = fleet
+        .worker("reasoning")
+        .arg("--log-format", "json")
+        .arg("--mock-fail-rate", 1)
+        .arg("--mock-fail-kind", "permanent")
+        .spawn();
+    let ids = fleet.enqueue_many(1, "log me");
+    assert!(wait_until(Duration::from_secs(10), || fleet
+        .count_status(&ids, TaskStatus::Dead)
+        == 1));
+    let log = r.log();
+    let dead_line = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message"] == "job dead-lettered")
+        .unwrap_or_else(|| panic!("no dead-letter line in:\n{log}"));
+    assert_eq!(dead_line["span"]["task_id"], ids[0].as_str());
+    assert_eq!(dead_line["span"]["role"], "reasoning");
+    assert_eq!(dead_line["span"]["attempt"], 1);
+    assert_eq!(
+        dead_line["span"]["trace_id"].as_str().map(str::len),
+        Some(32)
+    );
+}
+
+#[test]
+fn after_100k_tasks_only_live_records_remain() {
+    let fleet = Fleet::new("bounded");
+    let ttl = 3;
+    let worker = |role: &str| {
+        fleet
+            .worker(role)
+            .arg("--concurrency", 200)
+            .arg("--record-ttl-secs", ttl)
+            .spawn()
+    };
+    let _r = worker("reasoning");
+    let _s = worker("synthesis");
+    let out = fleet.cli(&[
+        "--record-ttl-secs",
+        &ttl.to_string(),
+        "enqueue",
+        "--count",
+        "100000",
+        "--prompt",
+        "bounded",
+    ]);
+    assert!(out.status.success());
+    assert!(
+        wait_until(Duration::from_secs(300), || fleet.queue_counts()[1]["done"]
+            == 100_000),
+        "{:?}",
+        fleet.queue_counts()
+    );
+    // Once the records' lifetime has passed, what is left is a fixed set of queue keys
+    // (stats, worker registries): nothing per task or per job.
+    let bounded = wait_until(Duration::from_secs(20), || fleet.keys().len() <= 8);
+    let keys = fleet.keys();
+    assert!(
+        bounded,
+        "{} keys left, e.g. {:?}",
+        keys.len(),
+        &keys[..keys.len().min(10)]
+    );
+}
