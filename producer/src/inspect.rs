@@ -109,8 +109,8 @@ pub async fn wait(
                 ExitCode::SUCCESS
             });
         }
-        if let Some(limit) = timeout {
-            if started.elapsed() >= limit {
+        if let Some(limit) = timeout
+            && started.elapsed() >= limit {
                 let open = ids
                     .iter()
                     .zip(&statuses)
@@ -120,7 +120,6 @@ pub async fn wait(
                 eprintln!("agentfleet: timed out waiting for {}", open.join(", "));
                 return Ok(ExitCode::from(2));
             }
-        }
         tokio::time::sleep(poll).await;
         poll = (poll * 2).min(Duration::from_millis(250));
     }

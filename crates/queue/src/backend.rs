@@ -447,8 +447,8 @@ async fn settle(shared: &Shared, delivery: &Delivery, error: Option<&BoxDynError
     let attempt = envelope.as_ref().map(|e| e.attempt).unwrap_or(0);
     let role = shared.queue.role();
 
-    if class == ErrorClass::Transient && attempt < shared.options.policy.max_attempts {
-        if let Ok(mut next) = envelope {
+    if class == ErrorClass::Transient && attempt < shared.options.policy.max_attempts
+        && let Ok(mut next) = envelope {
             let delay = shared.options.policy.delay(attempt, retry_after);
             next.first_failed_at_ms.get_or_insert(now);
             next.last_error = Some(message.clone());
@@ -471,7 +471,6 @@ async fn settle(shared: &Shared, delivery: &Delivery, error: Option<&BoxDynError
                 _ => Disposition::LeaseLost,
             };
         }
-    }
 
     let (job_id, first_failed) = match &envelope {
         Ok(e) => (e.id.clone(), e.first_failed_at_ms.unwrap_or(now)),
@@ -663,14 +662,13 @@ async fn ack_loop(
             shared.queue.ack(&worker_id, &batch)
         })
         .await;
-        if let Some(held) = acked {
-            if (held as usize) < batch.len() {
+        if let Some(held) = acked
+            && (held as usize) < batch.len() {
                 tracing::warn!(
                     lost = batch.len() - held as usize,
                     "some finished jobs had been recovered by another worker (lease expired); they may run twice"
                 );
             }
-        }
         batch.clear();
     }
 }
