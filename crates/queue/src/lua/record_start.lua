@@ -4,8 +4,8 @@
 -- show while this role works, ARGV[6] the record field this role writes its output to
 -- Returns {status before, existing output or false}. A record that is gone (expired or
 -- never created) is left absent and reported as {false, false}.
-if redis.call('EXISTS', KEYS[1]) == 0 then return {false, false} end
 local cur = redis.call('HMGET', KEYS[1], 'status', ARGV[6])
+if not cur[1] then return {false, false} end
 local role = ARGV[1]
 local fields = {
   role .. '.attempts', ARGV[2],
