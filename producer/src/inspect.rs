@@ -110,16 +110,17 @@ pub async fn wait(
             });
         }
         if let Some(limit) = timeout
-            && started.elapsed() >= limit {
-                let open = ids
-                    .iter()
-                    .zip(&statuses)
-                    .filter(|(_, s)| !s.is_some_and(|s| s.is_terminal()))
-                    .map(|(id, s)| format!("{id} ({})", s.map(|s| s.as_str()).unwrap_or("?")))
-                    .collect::<Vec<_>>();
-                eprintln!("agentfleet: timed out waiting for {}", open.join(", "));
-                return Ok(ExitCode::from(2));
-            }
+            && started.elapsed() >= limit
+        {
+            let open = ids
+                .iter()
+                .zip(&statuses)
+                .filter(|(_, s)| !s.is_some_and(|s| s.is_terminal()))
+                .map(|(id, s)| format!("{id} ({})", s.map(|s| s.as_str()).unwrap_or("?")))
+                .collect::<Vec<_>>();
+            eprintln!("agentfleet: timed out waiting for {}", open.join(", "));
+            return Ok(ExitCode::from(2));
+        }
         tokio::time::sleep(poll).await;
         poll = (poll * 2).min(Duration::from_millis(250));
     }

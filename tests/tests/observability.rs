@@ -169,3 +169,75 @@ fn after_100k_tasks_only_live_records_remain() {
         &keys[..keys.len().min(10)]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_otlp_on_one_task_is_one_trace_across_both_roles() {
+    use axum::body::Bytes;
+    use axum::routing::post;
+    use std::sync::{Arc, Mutex};
+
+    let bodies: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let sink = bodies.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        post(move |body: Bytes| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push(body.to_vec());
+                ""
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let fleet = Fleet::new("otlp");
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let mut r = fleet
+        .worker("reasoning")
+        .arg("--otlp-endpoint", &endpoint)
+        .spawn();
+    let mut s = fleet
+        .worker("synthesis")
+        .arg("--otlp-endpoint", &endpoint)
+        .spawn();
+    let ids = fleet.enqueue_many(1, "trace me");
+    let done = tokio::task::block_in_place(|| {
+        wait_until(Duration::from_secs(20), || {
+            fleet.count_status(&ids, TaskStatus::Done) == 1
+        })
+    });
+    assert!(done);
+    // Shutting down flushes the exporters.
+    for w in [&mut r, &mut s] {
+        w.signal(nix::sys::signal::Signal::SIGTERM);
+        let code = tokio::task::block_in_place(|| w.wait_exit(Duration::from_secs(10)));
+        assert_eq!(code, Some(Some(0)));
+    }
+    let traceparent = fleet
+        .record(&ids[0])
+        .traceparent
+        .expect("traceparent on the record");
+    let trace_hex = traceparent.split('-').nth(1).unwrap();
+    let trace_id: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&trace_hex[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    let bodies = bodies.lock().unwrap();
+    let with_trace = |service: &str| {
+        bodies.iter().any(|b| {
+            b.windows(service.len()).any(|w| w == service.as_bytes())
+                && b.windows(16).any(|w| w == trace_id.as_slice())
+        })
+    };
+    assert!(
+        with_trace("agentfleet-reasoning"),
+        "reasoning spans missing the task's trace id ({} export requests); worker log:\n{}",
+        bodies.len(),
+        r.log()
+    );
+    assert!(
+        with_trace("agentfleet-synthesis"),
+        "synthesis spans missing the task's trace id"
+    );
+}

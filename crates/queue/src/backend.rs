@@ -117,8 +117,11 @@ impl FailurePolicy {
     }
 }
 
+/// Makes the span every log line of a job runs in: (task id, role, attempt, traceparent).
+pub type SpanFactory = Arc<dyn Fn(&str, &str, u32, Option<&str>) -> tracing::Span + Send + Sync>;
+
 /// How one worker runs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct WorkerOptions {
     pub worker_id: String,
     /// Jobs buffered or running at once.
@@ -130,6 +133,19 @@ pub struct WorkerOptions {
     pub policy: FailurePolicy,
     /// Dead letters older than this are dropped.
     pub dead_letter_retention: Duration,
+    /// The job span (default: `job{task_id, role, attempt, trace_id}` with no parent).
+    pub job_span: Option<SpanFactory>,
+}
+
+impl std::fmt::Debug for WorkerOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerOptions")
+            .field("worker_id", &self.worker_id)
+            .field("concurrency", &self.concurrency)
+            .field("lease", &self.lease)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Live state of a worker, read by health checks and metrics.
@@ -380,9 +396,19 @@ where
     fn call(&mut self, task: Task<Delivery>) -> Self::Future {
         let delivery = task.args.clone();
         let shared = self.shared.clone();
-        let (job_id, attempt, trace_id) = job_identity(delivery.raw());
+        let (job_id, attempt, traceparent) = job_identity(delivery.raw());
+        let role = shared.queue.role();
         // Every log line of a job, the handler's and the settlement's, carries these.
-        let span = tracing::info_span!("job", task_id = %job_id, role = shared.queue.role(), attempt, trace_id = %trace_id);
+        let span = match &shared.options.job_span {
+            Some(make) => make(&job_id, role, attempt, traceparent.as_deref()),
+            None => {
+                let trace_id = traceparent
+                    .as_deref()
+                    .and_then(|tp| tp.split('-').nth(1))
+                    .unwrap_or_default();
+                tracing::info_span!("job", task_id = %job_id, role, attempt, trace_id = %trace_id)
+            }
+        };
         let fut = self.inner.call(task).instrument(span.clone());
         Box::pin(
             async move {
@@ -400,8 +426,9 @@ where
     }
 }
 
-/// Identity fields for log lines, read leniently: the handler reports decode errors.
-fn job_identity(raw: &[u8]) -> (String, u32, String) {
+/// Identity fields for log lines (id, attempt, traceparent), read leniently: the handler
+/// reports decode errors.
+fn job_identity(raw: &[u8]) -> (String, u32, Option<String>) {
     #[derive(serde::Deserialize)]
     struct Ident {
         #[serde(default)]
@@ -418,14 +445,10 @@ fn job_identity(raw: &[u8]) -> (String, u32, String) {
     }
     match serde_json::from_slice::<Ident>(raw) {
         Ok(i) => {
-            let trace = i
-                .args
-                .and_then(|a| a.trace)
-                .and_then(|t| t.trace_id().map(str::to_owned))
-                .unwrap_or_default();
-            (i.id, i.attempt, trace)
+            let traceparent = i.args.and_then(|a| a.trace).map(|t| t.traceparent);
+            (i.id, i.attempt, traceparent)
         }
-        Err(_) => ("<undecodable>".to_owned(), 0, String::new()),
+        Err(_) => ("<undecodable>".to_owned(), 0, None),
     }
 }
 
@@ -447,30 +470,32 @@ async fn settle(shared: &Shared, delivery: &Delivery, error: Option<&BoxDynError
     let attempt = envelope.as_ref().map(|e| e.attempt).unwrap_or(0);
     let role = shared.queue.role();
 
-    if class == ErrorClass::Transient && attempt < shared.options.policy.max_attempts
-        && let Ok(mut next) = envelope {
-            let delay = shared.options.policy.delay(attempt, retry_after);
-            next.first_failed_at_ms.get_or_insert(now);
-            next.last_error = Some(message.clone());
-            let encoded = next.encode();
-            let run_at = now + delay.as_millis() as u64;
-            tracing::info!(job_id = %next.id, role, attempt, delay_ms = delay.as_millis() as u64, error = %message, "job failed; retry scheduled");
-            let scheduled = with_retries(shared, "schedule retry", || {
-                shared
-                    .queue
-                    .retry(worker_id, delivery.raw(), &encoded, run_at)
-            })
-            .await;
-            if let Some(store) = &shared.store {
-                let _ = store
-                    .note_error(&next.id, &format!("{role} attempt {attempt}: {message}"))
-                    .await;
-            }
-            return match scheduled {
-                Some(true) => Disposition::Retried,
-                _ => Disposition::LeaseLost,
-            };
+    if class == ErrorClass::Transient
+        && attempt < shared.options.policy.max_attempts
+        && let Ok(mut next) = envelope
+    {
+        let delay = shared.options.policy.delay(attempt, retry_after);
+        next.first_failed_at_ms.get_or_insert(now);
+        next.last_error = Some(message.clone());
+        let encoded = next.encode();
+        let run_at = now + delay.as_millis() as u64;
+        tracing::info!(job_id = %next.id, role, attempt, delay_ms = delay.as_millis() as u64, error = %message, "job failed; retry scheduled");
+        let scheduled = with_retries(shared, "schedule retry", || {
+            shared
+                .queue
+                .retry(worker_id, delivery.raw(), &encoded, run_at)
+        })
+        .await;
+        if let Some(store) = &shared.store {
+            let _ = store
+                .note_error(&next.id, &format!("{role} attempt {attempt}: {message}"))
+                .await;
         }
+        return match scheduled {
+            Some(true) => Disposition::Retried,
+            _ => Disposition::LeaseLost,
+        };
+    }
 
     let (job_id, first_failed) = match &envelope {
         Ok(e) => (e.id.clone(), e.first_failed_at_ms.unwrap_or(now)),
@@ -663,12 +688,13 @@ async fn ack_loop(
         })
         .await;
         if let Some(held) = acked
-            && (held as usize) < batch.len() {
-                tracing::warn!(
-                    lost = batch.len() - held as usize,
-                    "some finished jobs had been recovered by another worker (lease expired); they may run twice"
-                );
-            }
+            && (held as usize) < batch.len()
+        {
+            tracing::warn!(
+                lost = batch.len() - held as usize,
+                "some finished jobs had been recovered by another worker (lease expired); they may run twice"
+            );
+        }
         batch.clear();
     }
 }

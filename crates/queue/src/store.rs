@@ -130,7 +130,11 @@ impl TaskStore {
             .arg(finish.status.as_str())
             // A finished task lives a full TTL from now; an intermediate stage keeps the
             // lifetime set at enqueue (one command fewer on the hot path).
-            .arg(if finish.status.is_terminal() { self.ttl.as_millis() as u64 } else { 0 })
+            .arg(if finish.status.is_terminal() {
+                self.ttl.as_millis() as u64
+            } else {
+                0
+            })
             .arg("updated_at_ms")
             .arg(now)
             .arg(format!("{role}.finished_at_ms"))

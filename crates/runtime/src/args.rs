@@ -68,6 +68,10 @@ pub struct WorkerArgs {
     )]
     pub log_format: LogFormat,
 
+    /// Export spans to this OTLP/HTTP collector (e.g. http://127.0.0.1:4318); off when unset.
+    #[arg(long, env = "AGENTFLEET_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
     /// Benchmarking only: acknowledge every job without running the role's handler, so
     /// that `agentfleet bench` measures the queue alone.
     #[arg(long, env = "AGENTFLEET_BENCH_NOOP", hide = true)]

@@ -15,3 +15,4 @@ pub use context::{Llm, LlmStage, RoleContext, StageResult, redis_failure};
 pub use run::{RoleHandler, RoleSpec, RuntimeError, run};
 
 pub use agentfleet_queue::{Delivery, JobFailure};
+pub use agentfleet_telemetry::current_traceparent;

@@ -7,7 +7,7 @@ use agentfleet_queue::{
     ConnectOptions, Delivery, Disposition, JobFailure, Namespace, Queue, RedisBackend, TaskStore,
     WorkerOptions, WorkerStatus, connect,
 };
-use agentfleet_telemetry::{Metrics, Readiness, init_logging, serve};
+use agentfleet_telemetry::{Metrics, Readiness, init_logging, job_span, serve};
 use apalis::layers::WorkerBuilderExt;
 use apalis_core::task::Task;
 use apalis_core::worker::builder::WorkerBuilder;
@@ -56,6 +56,8 @@ pub enum RuntimeError {
     },
     #[error("bad default metrics address {0:?}")]
     DefaultAddr(&'static str),
+    #[error(transparent)]
+    Tracing(#[from] agentfleet_telemetry::TracingError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
     #[error("handing back unfinished jobs failed: {0}")]
@@ -145,7 +147,11 @@ pub async fn run<H: RoleHandler>(
     args: WorkerArgs,
     handler: H,
 ) -> Result<(), RuntimeError> {
-    init_logging(args.log_format);
+    let telemetry = init_logging(
+        args.log_format,
+        args.otlp_endpoint.as_deref(),
+        &format!("agentfleet-{}", spec.name),
+    )?;
     let provider = agentfleet_providers::build(&args.provider)?;
     let system_prompt = args
         .provider
@@ -218,6 +224,11 @@ pub async fn run<H: RoleHandler>(
         block_timeout: Duration::from_secs(1),
         policy: args.policy(),
         dead_letter_retention: args.record_ttl(),
+        job_span: Some(Arc::new(
+            |task_id: &str, role: &str, attempt: u32, traceparent: Option<&str>| {
+                job_span(task_id, role, attempt, traceparent)
+            },
+        )),
     };
     let (backend, handle) = RedisBackend::start(
         queue.clone(),
@@ -297,6 +308,7 @@ pub async fn run<H: RoleHandler>(
         .map_err(RuntimeError::HandBack)?;
     health.abort();
     tracing::info!(handed_back, "worker stopped");
+    telemetry.shutdown();
     Ok(())
 }
 

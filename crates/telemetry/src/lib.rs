@@ -10,5 +10,7 @@ mod logging;
 mod metrics;
 
 pub use health::{HealthServer, Readiness, serve};
-pub use logging::{LogFormat, init_logging};
+pub use logging::{
+    LogFormat, Telemetry, TracingError, current_traceparent, init_logging, job_span,
+};
 pub use metrics::Metrics;

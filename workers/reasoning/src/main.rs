@@ -2,8 +2,9 @@
 //! synthesis job per task.
 #![forbid(unsafe_code)]
 
-use agentfleet_job::{Envelope, ReasoningJob, SynthesisJob, TaskStatus};
+use agentfleet_job::{Envelope, ReasoningJob, SynthesisJob, TaskStatus, TraceContext};
 use agentfleet_queue::{Delivery, JobFailure, PushEntry};
+use agentfleet_runtime::current_traceparent;
 use agentfleet_runtime::{
     LlmStage, RoleContext, RoleHandler, RoleSpec, StageResult, WorkerArgs, redis_failure,
 };
@@ -67,7 +68,12 @@ impl RoleHandler for Reasoning {
                     prompt: job.args.prompt,
                     analysis,
                     created_at_ms: job.args.created_at_ms,
-                    trace: job.args.trace.as_ref().map(|t| t.child()),
+                    // Continue the task's trace under this job's span when spans are
+                    // exported; otherwise a child of the enqueue context.
+                    trace: match current_traceparent() {
+                        Some(traceparent) => Some(TraceContext { traceparent }),
+                        None => job.args.trace.as_ref().map(|t| t.child()),
+                    },
                 },
             );
             let pushed = ctx
