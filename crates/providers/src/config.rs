@@ -127,6 +127,31 @@ impl ProviderArgs {
         Duration::from_secs(self.connect_timeout_secs)
     }
 
+    /// The API key: from `--api-key-file` when given (a Kubernetes secret mount), else from
+    /// the provider's environment variable. An empty value counts as none.
+    pub fn api_key(&self, env_var: &str) -> Result<Option<Secret>, crate::ConfigError> {
+        if let Some(path) = &self.api_key_file {
+            let raw =
+                std::fs::read_to_string(path).map_err(|source| crate::ConfigError::ApiKeyFile {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+            let key = raw.trim();
+            if key.is_empty() {
+                return Err(crate::ConfigError::ApiKeyFile {
+                    path: path.display().to_string(),
+                    source: std::io::Error::new(std::io::ErrorKind::InvalidData, "file is empty"),
+                });
+            }
+            return Ok(Some(Secret::new(key)));
+        }
+        Ok(std::env::var(env_var)
+            .ok()
+            .map(|k| k.trim().to_owned())
+            .filter(|k| !k.is_empty())
+            .map(Secret::new))
+    }
+
     /// The system prompt the flags give, or `default` (the role's own instruction).
     pub fn system_prompt_or(&self, default: &str) -> std::io::Result<String> {
         if let Some(path) = &self.system_prompt_file {

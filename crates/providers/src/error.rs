@@ -73,6 +73,4 @@ pub enum ConfigError {
     FailRate(f64),
     #[error("cannot build the HTTP client: {0}")]
     Client(String),
-    #[error("provider {0} is not built into this binary")]
-    Unsupported(&'static str),
 }

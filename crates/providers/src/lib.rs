@@ -5,13 +5,18 @@
 //! runtime turns that into a retry or a dead letter; nothing here knows about queues.
 #![forbid(unsafe_code)]
 
+mod anthropic;
 mod config;
 mod error;
+mod http;
 mod mock;
+mod openai;
 
+pub use anthropic::AnthropicProvider;
 pub use config::{FailKind, ProviderArgs, ProviderKind, Secret};
 pub use error::ProviderError;
 pub use mock::MockProvider;
+pub use openai::OpenAiProvider;
 
 use std::sync::Arc;
 
@@ -39,7 +44,7 @@ pub struct Completion {
 }
 
 /// An LLM endpoint. One instance per process, shared by every in-flight job.
-pub trait Provider: Send + Sync + 'static {
+pub trait Provider: std::fmt::Debug + Send + Sync + 'static {
     /// `mock`, `openai` or `anthropic`: the `provider` label on metrics.
     fn name(&self) -> &'static str;
     /// The model this provider asks for: the `model` label on metrics.
@@ -55,9 +60,14 @@ pub trait Provider: Send + Sync + 'static {
 pub fn build(args: &ProviderArgs) -> Result<Arc<dyn Provider>, error::ConfigError> {
     match args.provider {
         ProviderKind::Mock => Ok(Arc::new(MockProvider::from_args(args)?)),
-        ProviderKind::Openai | ProviderKind::Anthropic => {
-            Err(error::ConfigError::Unsupported(args.provider.as_str()))
-        }
+        ProviderKind::Openai => Ok(Arc::new(OpenAiProvider::from_args(
+            args,
+            args.api_key("OPENAI_API_KEY")?,
+        )?)),
+        ProviderKind::Anthropic => Ok(Arc::new(AnthropicProvider::from_args(
+            args,
+            args.api_key("ANTHROPIC_API_KEY")?,
+        )?)),
     }
 }
 
