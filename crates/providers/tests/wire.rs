@@ -285,11 +285,11 @@ fn a_missing_key_is_a_start_up_error_and_debug_never_shows_a_key() {
         "http://127.0.0.1:9",
         std::path::Path::new("/nonexistent/key"),
     );
-    let err = build(&a).err().expect("unreadable key file");
+    let err = build(&a).expect_err("unreadable key file");
     assert!(err.to_string().contains("/nonexistent/key"));
     a.api_key_file = None;
     if std::env::var("ANTHROPIC_API_KEY").is_err() {
-        let err = build(&a).err().expect("no key");
+        let err = build(&a).expect_err("no key");
         assert!(err.to_string().contains("ANTHROPIC_API_KEY"), "{err}");
     }
     let file = key_file();
