@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agentfleet_providers::{
-    CompletionRequest, FailKind, Provider, ProviderArgs, ProviderError, ProviderKind, build,
+    CompletionRequest, FailKind, ProviderArgs, ProviderError, ProviderKind, build,
 };
 use axum::Router;
 use axum::body::Bytes;
