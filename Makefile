@@ -1,12 +1,12 @@
 # agentfleet: the two commands that matter are `make demo` and `make test`.
-.PHONY: demo test test-rust deploy-check bench build fmt lint e2e-observability
+.PHONY: demo test test-rust deploy-check e2e-observability build fmt lint
 
 CARGO ?= cargo
 
 demo:
 	bash scripts/demo.sh
 
-test: test-rust deploy-check
+test: test-rust deploy-check e2e-observability
 
 # Release profile: the end-to-end tests push 100,000 tasks through real workers, and one
 # optimised build serves the tests, the demo and the benchmarks alike.
@@ -14,8 +14,14 @@ test-rust:
 	$(CARGO) build --release --workspace --bins
 	$(CARGO) test --release --workspace --no-fail-fast
 
+# Helm, compose, Prometheus and Grafana files, validated without a cluster or Docker engine
+# (tools from .ci/install-deploy-tools.sh).
 deploy-check:
-	@if [ -x deploy/check.sh ]; then bash deploy/check.sh; fi
+	bash deploy/check.sh
+
+# A real Prometheus scrapes a fleet under load; every dashboard query must return data.
+e2e-observability: build
+	python3 scripts/e2e_observability.py
 
 build:
 	$(CARGO) build --release --bins

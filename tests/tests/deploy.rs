@@ -1,0 +1,186 @@
+//! The deployment files agree with the binaries: the chart renders what operators expect,
+//! and neither compose nor the chart sets a variable the workers would not read.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use agentfleet_e2e::bin;
+use serde_yaml::Value;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn helm() -> PathBuf {
+    let path = root().join(".tools/bin/helm");
+    assert!(
+        path.exists(),
+        "helm is missing: run .ci/install-deploy-tools.sh"
+    );
+    path
+}
+
+fn render(sets: &[&str]) -> Vec<Value> {
+    let mut cmd = Command::new(helm());
+    cmd.arg("template")
+        .arg("af")
+        .arg(root().join("helm/agentfleet"));
+    for s in sets {
+        cmd.arg("--set").arg(s);
+    }
+    let out = cmd.output().expect("run helm");
+    assert!(
+        out.status.success(),
+        "helm template: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).expect("utf-8");
+    text.split("\n---")
+        .filter_map(|doc| serde_yaml::from_str::<Value>(doc).ok())
+        .filter(|v| v.get("kind").is_some())
+        .collect()
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+/// Every environment variable a worker binary reads, from its own `--help`.
+fn worker_env_vars() -> BTreeSet<String> {
+    let mut vars = BTreeSet::new();
+    for role in ["reasoning", "synthesis"] {
+        let out = Command::new(bin(&format!("{role}-worker")))
+            .arg("--help")
+            .output()
+            .expect("run --help");
+        let help = String::from_utf8_lossy(&out.stdout);
+        for part in help.split("[env: ").skip(1) {
+            let name: String = part
+                .chars()
+                .take_while(|c| c.is_ascii_uppercase() || *c == '_' || c.is_ascii_digit())
+                .collect();
+            vars.insert(name);
+        }
+    }
+    assert!(
+        vars.contains("REDIS_URL") && vars.contains("AGENTFLEET_CONCURRENCY"),
+        "{vars:?}"
+    );
+    // Read from the environment directly, not through a flag.
+    for extra in ["OPENAI_API_KEY", "ANTHROPIC_API_KEY", "RUST_LOG"] {
+        vars.insert(extra.to_owned());
+    }
+    vars
+}
+
+#[test]
+fn the_chart_scales_a_role_with_probes_grace_and_the_provider_secret() {
+    let docs = render(&["roles.reasoning.replicas=5", "providerSecret.name=llm-keys"]);
+    let deployment = find(&docs, "Deployment", "af-agentfleet-reasoning");
+    assert_eq!(deployment["spec"]["replicas"], 5);
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+    let config = find(&docs, "ConfigMap", "af-agentfleet");
+    let worker_grace: u64 = config["data"]["AGENTFLEET_SHUTDOWN_GRACE_SECS"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        grace > worker_grace,
+        "pod grace {grace}s must exceed the worker's {worker_grace}s"
+    );
+    let secret_refs: Vec<&Value> = container["envFrom"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e.get("secretRef"))
+        .collect();
+    assert_eq!(secret_refs.len(), 1);
+    assert_eq!(secret_refs[0]["name"], "llm-keys");
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(
+        container["securityContext"]["allowPrivilegeEscalation"],
+        false
+    );
+    // The other role keeps the default.
+    assert_eq!(
+        find(&docs, "Deployment", "af-agentfleet-synthesis")["spec"]["replicas"],
+        2
+    );
+    // No key material in the rendered chart.
+    assert!(!serde_yaml::to_string(&docs).unwrap().contains("sk-"));
+}
+
+#[test]
+fn a_new_role_is_one_values_entry() {
+    let docs = render(&[
+        "roles.critique.provider=openai",
+        "roles.critique.replicas=1",
+    ]);
+    let deployment = find(&docs, "Deployment", "af-agentfleet-critique");
+    assert_eq!(deployment["spec"]["replicas"], 1);
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["containers"][0]["command"][0],
+        "critique-worker"
+    );
+    find(&docs, "Service", "af-agentfleet-critique");
+    find(&docs, "PodDisruptionBudget", "af-agentfleet-critique");
+}
+
+#[test]
+fn compose_sets_only_variables_the_workers_read() {
+    let known = worker_env_vars();
+    let compose: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(root().join("docker-compose.yml")).unwrap())
+            .unwrap();
+    for service in ["reasoning", "synthesis"] {
+        let env = compose["services"][service]["environment"]
+            .as_mapping()
+            .expect("environment map");
+        assert!(!env.is_empty());
+        for key in env.keys() {
+            let key = key.as_str().unwrap();
+            assert!(
+                known.contains(key),
+                "compose service {service} sets {key}, which no worker flag reads"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_chart_sets_only_variables_the_workers_read() {
+    let known = worker_env_vars();
+    let docs = render(&[
+        "redis.existingSecret=r",
+        "common.otlpEndpoint=http://c:4318",
+        "roles.reasoning.model=m",
+        "roles.reasoning.baseUrl=http://b",
+        "roles.reasoning.systemPrompt=s",
+    ]);
+    let config = find(&docs, "ConfigMap", "af-agentfleet");
+    for key in config["data"].as_mapping().unwrap().keys() {
+        let key = key.as_str().unwrap();
+        assert!(
+            known.contains(key),
+            "the ConfigMap sets {key}, which no worker flag reads"
+        );
+    }
+    let container = &find(&docs, "Deployment", "af-agentfleet-reasoning")["spec"]["template"]["spec"]
+        ["containers"][0];
+    for var in container["env"].as_sequence().unwrap() {
+        let name = var["name"].as_str().unwrap();
+        assert!(
+            known.contains(name),
+            "the Deployment sets {name}, which no worker flag reads"
+        );
+    }
+}
