@@ -1,6 +1,7 @@
 //! `agentfleet`: the producer CLI. Output is for people by default and JSON with `--json`.
 #![forbid(unsafe_code)]
 
+mod bench;
 mod dlq;
 mod enqueue;
 mod inspect;
@@ -93,6 +94,8 @@ enum Command {
     /// Dead letters: list, show, replay, purge.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
+    /// Measure throughput, latency, Redis cost, CPU and memory (see BENCHMARKS.md).
+    Bench(bench::BenchArgs),
 }
 
 /// What every subcommand works with.
@@ -144,6 +147,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Queues { json } => inspect::queues(&fleet, json).await,
         Command::Dlq(cmd) => dlq::run(&fleet, cmd).await,
+        // The bench makes its own namespaces (and its own Redis when none answers).
+        Command::Bench(args) => bench::run(&cli.redis_url, args).await,
     }
 }
 
