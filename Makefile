@@ -1,5 +1,5 @@
 # agentfleet: the two commands that matter are `make demo` and `make test`.
-.PHONY: demo test test-rust deploy-check e2e-observability build fmt lint
+.PHONY: demo test test-rust deploy-check e2e-observability bench bench-quick build fmt lint
 
 CARGO ?= cargo
 
@@ -22,6 +22,13 @@ deploy-check:
 # A real Prometheus scrapes a fleet under load; every dashboard query must return data.
 e2e-observability: build
 	python3 scripts/e2e_observability.py
+
+# The figures of BENCHMARKS.md (a few minutes); bench-quick proves every scenario runs.
+bench: build
+	target/release/agentfleet bench
+
+bench-quick: build
+	target/release/agentfleet bench --quick
 
 build:
 	$(CARGO) build --release --bins
