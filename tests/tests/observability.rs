@@ -129,10 +129,21 @@ fn json_logs_carry_task_id_role_and_attempt_on_every_job_line() {
     );
 }
 
+/// Keys that are not per task: the queues' fixed structures (stats, worker registries,
+/// and lists or sets that still hold entries).
+fn fixed_keys(fleet: &Fleet) -> Vec<String> {
+    let per_task = [format!("{}:task:", fleet.namespace), ":idem:".to_owned()];
+    fleet
+        .keys()
+        .into_iter()
+        .filter(|k| !per_task.iter().any(|p| k.contains(p.as_str())))
+        .collect()
+}
+
 #[test]
-fn after_100k_tasks_only_live_records_remain() {
+fn after_100k_tasks_only_expiring_per_task_keys_remain() {
     let fleet = Fleet::new("bounded");
-    let ttl = 3;
+    let ttl: i64 = 3_600;
     let worker = |role: &str| {
         fleet
             .worker(role)
@@ -158,16 +169,59 @@ fn after_100k_tasks_only_live_records_remain() {
         "{:?}",
         fleet.queue_counts()
     );
-    // Once the records' lifetime has passed, what is left is a fixed set of queue keys
-    // (stats, worker registries): nothing per task or per job.
-    let bounded = wait_until(Duration::from_secs(20), || fleet.keys().len() <= 8);
+    // Finished jobs leave nothing behind: what is not a per-task key is a small fixed set.
+    let fixed = fixed_keys(&fleet);
+    assert!(fixed.len() <= 8, "{} fixed keys: {fixed:?}", fixed.len());
+    // Every per-task key (record, idempotency key) expires within the record lifetime.
     let keys = fleet.keys();
     assert!(
-        bounded,
-        "{} keys left, e.g. {:?}",
-        keys.len(),
-        &keys[..keys.len().min(10)]
+        keys.len() >= 200_000,
+        "records and idempotency keys: {}",
+        keys.len()
     );
+    let mut conn = fleet.conn();
+    for chunk in keys.chunks(5_000) {
+        let mut pipe = redis::pipe();
+        for k in chunk {
+            pipe.pttl(k);
+        }
+        let ttls: Vec<i64> = pipe.query(&mut conn).unwrap();
+        for (k, t) in chunk.iter().zip(ttls) {
+            let per_task = k.contains(":task:") || k.contains(":idem:");
+            if per_task {
+                assert!(t > 0 && t <= ttl * 1000, "{k} has no lifetime (pttl {t})");
+            }
+        }
+    }
+}
+
+#[test]
+fn records_and_idempotency_keys_expire_after_their_lifetime() {
+    let fleet = Fleet::new("expiry");
+    let _r = fleet
+        .worker("reasoning")
+        .arg("--record-ttl-secs", 6)
+        .spawn();
+    let _s = fleet
+        .worker("synthesis")
+        .arg("--record-ttl-secs", 6)
+        .spawn();
+    let out = fleet.cli(&[
+        "--record-ttl-secs",
+        "6",
+        "enqueue",
+        "--count",
+        "50",
+        "--prompt",
+        "short-lived",
+    ]);
+    assert!(out.status.success());
+    assert!(wait_until(Duration::from_secs(20), || fleet.queue_counts()
+        [1]["done"]
+        == 50));
+    assert!(fleet.keys().len() > 8);
+    let gone = wait_until(Duration::from_secs(20), || fleet.keys().len() <= 8);
+    assert!(gone, "left after the lifetime: {:?}", fleet.keys());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
