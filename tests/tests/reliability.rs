@@ -261,7 +261,7 @@ fn sigterm_lets_in_flight_jobs_finish_and_exits_zero() {
     assert!(wait_until(Duration::from_secs(10), || in_flight(&fleet, 0) == 10));
     let signalled = Instant::now();
     worker.signal(Signal::SIGTERM);
-    assert!(wait_until(Duration::from_secs(1), || worker
+    assert!(wait_until(Duration::from_secs(3), || worker
         .http_status("/readyz")
         == Some(503)));
     assert_eq!(worker.wait_exit(Duration::from_secs(10)), Some(Some(0)));
