@@ -120,8 +120,12 @@ impl Queue {
         let mut pushed = 0;
         for window in entries.chunks(PUSH_CHUNK * 8) {
             let mut pipe = redis::pipe();
+            let mut known = 0;
+            let guarded = window.iter().any(|e| e.idempotency_key.is_some());
             for chunk in window.chunks(PUSH_CHUNK) {
-                pipe.add_command(self.push_invocation(chunk, self.idempotency_ttl));
+                known += self
+                    .add_push(&mut pipe, chunk, guarded, self.idempotency_ttl)
+                    .unwrap_or(0);
             }
             let counts: Vec<u64> = match pipe.query_async(&mut conn).await {
                 Ok(counts) => counts,
@@ -135,7 +139,7 @@ impl Queue {
                 }
                 Err(e) => return Err(e.into()),
             };
-            pushed += counts.iter().sum::<u64>();
+            pushed += known + counts.iter().sum::<u64>();
         }
         Ok(pushed)
     }
@@ -162,7 +166,10 @@ impl Queue {
                 );
             }
             let entries: Vec<PushEntry> = chunk.iter().map(|t| t.push.clone()).collect();
-            pipe.add_command(self.push_invocation(&entries, self.idempotency_ttl));
+            let guarded = entries.iter().any(|e| e.idempotency_key.is_some());
+            let known = self
+                .add_push(&mut pipe, &entries, guarded, self.idempotency_ttl)
+                .unwrap_or(0);
             let counts: Vec<u64> = match pipe.query_async(&mut conn).await {
                 Ok(counts) => counts,
                 Err(e)
@@ -174,9 +181,34 @@ impl Queue {
                 }
                 Err(e) => return Err(e.into()),
             };
-            pushed += counts.iter().sum::<u64>();
+            pushed += known + counts.iter().sum::<u64>();
         }
         Ok(pushed)
+    }
+
+    /// Adds the push of `chunk` to `pipe`. Returns the entries pushed when that is known
+    /// without a reply: without idempotency keys (`guarded` false) it is a plain `LPUSH` (no
+    /// script to run, the cheaper command on the enqueue hot path), whose reply is ignored;
+    /// otherwise `push.lua` runs and its reply is the count. A pipeline is all one or all the
+    /// other, so that a NOSCRIPT failure (after a Redis restart) means none of it ran and
+    /// the whole pipeline can be sent again.
+    fn add_push(
+        &self,
+        pipe: &mut redis::Pipeline,
+        chunk: &[PushEntry],
+        guarded: bool,
+        ttl: Duration,
+    ) -> Option<u64> {
+        if !guarded {
+            pipe.lpush(
+                self.keys.pending(),
+                chunk.iter().map(|e| e.entry.as_str()).collect::<Vec<_>>(),
+            )
+            .ignore();
+            return Some(chunk.len() as u64);
+        }
+        pipe.add_command(self.push_invocation(chunk, ttl));
+        None
     }
 
     fn push_invocation(&self, chunk: &[PushEntry], ttl: Duration) -> redis::Cmd {
