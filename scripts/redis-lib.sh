@@ -15,7 +15,7 @@ redis_host_port() {
 redis_ping() {
   local host port reply
   read -r host port < <(redis_host_port "$1")
-  exec 3<>"/dev/tcp/$host/$port" 2>/dev/null || return 1
+  { exec 3<>"/dev/tcp/$host/$port"; } 2>/dev/null || return 1
   printf 'PING\r\n' >&3
   IFS= read -r -t 2 reply <&3 || true
   exec 3<&- 3>&-
