@@ -9,6 +9,11 @@ use agentfleet_runtime::{
     LlmStage, RoleContext, RoleHandler, RoleSpec, StageResult, WorkerArgs, redis_failure,
 };
 use clap::Parser;
+
+/// Many small short-lived allocations per job (JSON, Redis commands, spans): mimalloc
+/// spends far less CPU on them than glibc malloc (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use futures::future::BoxFuture;
 
 const SPEC: RoleSpec = RoleSpec {
