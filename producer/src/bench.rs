@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use agentfleet_job::{Envelope, ReasoningJob, TaskId, TraceContext, now_ms};
+use agentfleet_job::{TaskSpec, now_ms};
 use agentfleet_queue::{ConnectOptions, Namespace, NewTask, PushEntry, Queue, TaskStore, connect};
 use anyhow::{Context, anyhow, bail};
 use clap::Args;
@@ -494,34 +494,15 @@ fn delete_namespace(url: &str, ns: &Namespace) -> redis::RedisResult<()> {
     Ok(())
 }
 
-/// A task shaped as `agentfleet enqueue` makes it (trace context included).
+/// A task exactly as `agentfleet enqueue` makes it (trace context included).
 fn new_task() -> NewTask {
-    let task_id = TaskId::new();
-    let created_at_ms = now_ms();
-    let trace = TraceContext::new_root();
-    let traceparent = trace.traceparent.clone();
-    let entry = Envelope::new(
-        task_id.to_string(),
-        ReasoningJob {
-            task_id,
+    crate::enqueue::new_task(
+        TaskSpec {
             prompt: PROMPT.to_owned(),
             metadata: Default::default(),
-            created_at_ms,
-            trace: Some(trace),
         },
+        None,
     )
-    .encode();
-    NewTask {
-        task_id: task_id.to_string(),
-        prompt: PROMPT.to_owned(),
-        metadata: Default::default(),
-        created_at_ms,
-        traceparent: Some(traceparent),
-        push: PushEntry {
-            entry,
-            idempotency_key: None,
-        },
-    }
 }
 
 /// Bare reasoning entries (no records: the no-op drain never reads them), built and pushed

@@ -45,7 +45,9 @@ fn parse_meta(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
 }
 
-fn new_task(spec: TaskSpec, idempotency_key: Option<String>) -> NewTask {
+/// A new task as the CLI makes it: its record fields and its reasoning job, with a fresh
+/// W3C trace context.
+pub(crate) fn new_task(spec: TaskSpec, idempotency_key: Option<String>) -> NewTask {
     let task_id = TaskId::new();
     let created_at_ms = now_ms();
     let trace = TraceContext::new_root();

@@ -127,19 +127,7 @@ impl Queue {
                     .add_push(&mut pipe, chunk, guarded, self.idempotency_ttl)
                     .unwrap_or(0);
             }
-            let counts: Vec<u64> = match pipe.query_async(&mut conn).await {
-                Ok(counts) => counts,
-                Err(e)
-                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                {
-                    // Redis restarted (or was flushed) since the script was loaded: load it
-                    // and send the window again. Nothing of it ran: every call failed alike.
-                    SCRIPTS.push.load_async(&mut conn).await?;
-                    pipe.query_async(&mut conn).await?
-                }
-                Err(e) => return Err(e.into()),
-            };
-            pushed += known + counts.iter().sum::<u64>();
+            pushed += known + send_push_pipeline(&mut conn, &pipe).await?;
         }
         Ok(pushed)
     }
@@ -170,18 +158,7 @@ impl Queue {
             let known = self
                 .add_push(&mut pipe, &entries, guarded, self.idempotency_ttl)
                 .unwrap_or(0);
-            let counts: Vec<u64> = match pipe.query_async(&mut conn).await {
-                Ok(counts) => counts,
-                Err(e)
-                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                {
-                    // Records are plain writes and safe to repeat; the push did not run.
-                    SCRIPTS.push.load_async(&mut conn).await?;
-                    pipe.query_async(&mut conn).await?
-                }
-                Err(e) => return Err(e.into()),
-            };
-            pushed += known + counts.iter().sum::<u64>();
+            pushed += known + send_push_pipeline(&mut conn, &pipe).await?;
         }
         Ok(pushed)
     }
@@ -600,6 +577,25 @@ impl Queue {
             .zrangebyscore(self.keys.workers(), since, "+inf")
             .await?)
     }
+}
+
+/// Sends a pipeline built with [`Queue::add_push`] and sums the script replies. When Redis
+/// lost the script (a restart or a flush), no push of the pipeline ran (it is all script or
+/// no script), so it is loaded and the pipeline sent again; the other commands in it are
+/// plain writes (records) that are safe to repeat.
+async fn send_push_pipeline(
+    conn: &mut ConnectionManager,
+    pipe: &redis::Pipeline,
+) -> Result<u64, QueueError> {
+    let counts: Vec<u64> = match pipe.query_async(conn).await {
+        Ok(counts) => counts,
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            SCRIPTS.push.load_async(conn).await?;
+            pipe.query_async(conn).await?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok(counts.iter().sum())
 }
 
 /// Default lifetime of an idempotency key: long enough to cover any retry of a push (client

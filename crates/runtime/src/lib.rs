@@ -12,7 +12,7 @@ mod run;
 
 pub use args::WorkerArgs;
 pub use context::{Llm, LlmStage, RoleContext, StageResult, redis_failure};
-pub use run::{RoleHandler, RoleSpec, RuntimeError, run};
+pub use run::{RoleHandler, RoleSpec, RuntimeError, main, run};
 
 pub use agentfleet_queue::{Delivery, JobFailure};
 pub use agentfleet_telemetry::current_traceparent;

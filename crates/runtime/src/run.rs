@@ -338,3 +338,19 @@ async fn sample_queue(queue: Queue, metrics: Metrics, role: &'static str, lease:
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
 }
+
+/// A role binary's whole `main`: runs the worker and turns a start-up failure into one
+/// clear line on stderr and a failing exit code.
+pub async fn main<H: RoleHandler>(
+    spec: RoleSpec,
+    args: WorkerArgs,
+    handler: H,
+) -> std::process::ExitCode {
+    match run(spec, args, handler).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{}-worker: {e}", spec.name);
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -100,12 +100,5 @@ impl RoleHandler for Reasoning {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    match agentfleet_runtime::run(SPEC, cli.worker, Reasoning).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("reasoning-worker: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    agentfleet_runtime::main(SPEC, Cli::parse().worker, Reasoning).await
 }

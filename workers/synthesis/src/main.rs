@@ -61,12 +61,5 @@ impl RoleHandler for Synthesis {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    match agentfleet_runtime::run(SPEC, cli.worker, Synthesis).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("synthesis-worker: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    agentfleet_runtime::main(SPEC, Cli::parse().worker, Synthesis).await
 }
