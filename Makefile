@@ -1,12 +1,18 @@
 # agentfleet: the two commands that matter are `make demo` and `make test`.
-.PHONY: demo test test-rust deploy-check e2e-observability bench bench-quick build fmt lint
+.PHONY: demo test prerequisites test-rust deploy-check e2e-observability bench bench-quick build fmt lint
 
 CARGO ?= cargo
 
 demo:
 	bash scripts/demo.sh
 
-test: test-rust deploy-check e2e-observability
+test: prerequisites test-rust deploy-check e2e-observability
+
+# A Redis at REDIS_URL (started if none answers) and the deployment tools (helm, promtool,
+# kubernetes-validate, docker-compose), installed once; both are quick when already there.
+prerequisites:
+	bash scripts/ensure-redis.sh
+	bash .ci/install-deploy-tools.sh
 
 # Release profile: the end-to-end tests push 100,000 tasks through real workers, and one
 # optimised build serves the tests, the demo and the benchmarks alike.
