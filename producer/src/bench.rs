@@ -54,6 +54,10 @@ pub struct BenchArgs {
     /// Print one JSON object with every figure instead of the table.
     #[arg(long)]
     json: bool,
+    /// Start a private redis-server even when one answers at --redis-url: no other client
+    /// then distorts the figures (redis-cost counts every command the server runs).
+    #[arg(long)]
+    private_redis: bool,
     /// Run only this scenario (repeatable; default: all).
     #[arg(long = "scenario", value_name = "NAME",
           value_parser = clap::builder::PossibleValuesParser::new(SCENARIOS))]
@@ -1364,10 +1368,12 @@ pub async fn run(redis_url: &str, args: BenchArgs) -> anyhow::Result<ExitCode> {
 
     // Declared before everything that uses it, so it is dropped (stopped) last.
     let mut private_redis = None;
-    let url = if answers(redis_url).await {
+    let url = if !args.private_redis && answers(redis_url).await {
         redis_url.to_owned()
     } else {
-        eprintln!("no Redis answers at {redis_url}: starting a private redis-server");
+        if !args.private_redis {
+            eprintln!("no Redis answers at {redis_url}: starting a private redis-server");
+        }
         let (url, redis) = start_private_redis().await?;
         private_redis = Some(redis);
         url
