@@ -1,5 +1,5 @@
 # agentfleet: the two commands that matter are `make demo` and `make test`.
-.PHONY: demo test prerequisites test-rust deploy-check e2e-observability bench bench-quick build fmt lint
+.PHONY: demo test prerequisites test-rust build-tests deploy-check e2e-observability bench bench-quick build fmt lint
 
 CARGO ?= cargo
 
@@ -14,11 +14,16 @@ prerequisites:
 	bash scripts/ensure-redis.sh
 	bash .ci/install-deploy-tools.sh
 
-# Release profile: the end-to-end tests push 100,000 tasks through real workers, and one
-# optimised build serves the tests, the demo and the benchmarks alike.
-test-rust:
-	$(CARGO) build --release --workspace --bins
-	$(CARGO) test --release --workspace --no-fail-fast
+# Release profile: the end-to-end tests push 100,000 tasks through real workers. The tests'
+# binaries carry fail points (fault injection no outside event can cause, off unless the
+# FAILPOINTS variable names one); `build` makes the binaries that ship, without them.
+TEST_FEATURES = --features agentfleet-runtime/failpoints
+
+build-tests:
+	$(CARGO) build --release --workspace --bins $(TEST_FEATURES)
+
+test-rust: build-tests
+	$(CARGO) test --release --workspace --no-fail-fast $(TEST_FEATURES)
 
 # Helm, compose, Prometheus and Grafana files, validated without a cluster or Docker engine
 # (tools from .ci/install-deploy-tools.sh).
@@ -26,7 +31,7 @@ deploy-check:
 	bash deploy/check.sh
 
 # A real Prometheus scrapes a fleet under load; every dashboard query must return data.
-e2e-observability: build
+e2e-observability: build-tests
 	python3 scripts/e2e_observability.py
 
 # The figures of BENCHMARKS.md (a few minutes); bench-quick proves every scenario runs.

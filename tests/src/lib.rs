@@ -189,6 +189,7 @@ impl Fleet {
             role: role.to_owned(),
             args: Vec::new(),
             envs: Vec::new(),
+            wrapper: Vec::new(),
         }
     }
 }
@@ -210,9 +211,17 @@ pub struct WorkerBuilder<'a> {
     role: String,
     args: Vec<String>,
     envs: Vec<(String, String)>,
+    wrapper: Vec<String>,
 }
 
 impl WorkerBuilder<'_> {
+    /// Runs the worker under another program, e.g. `["faketime", "-f", "+60s"]` for a
+    /// worker whose clock runs a minute ahead.
+    pub fn under(mut self, wrapper: &[&str]) -> Self {
+        self.wrapper = wrapper.iter().map(|s| (*s).to_owned()).collect();
+        self
+    }
+
     pub fn arg(mut self, flag: &str, value: impl ToString) -> Self {
         self.args.push(flag.to_owned());
         self.args.push(value.to_string());
@@ -226,7 +235,15 @@ impl WorkerBuilder<'_> {
 
     pub fn spawn(self) -> Worker {
         let port = free_port();
-        let mut cmd = Command::new(bin(&format!("{}-worker", self.role)));
+        let binary = bin(&format!("{}-worker", self.role));
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(wrapper_args).arg(&binary);
+                cmd
+            }
+            None => Command::new(&binary),
+        };
         cmd.args(["--metrics-addr", &format!("127.0.0.1:{port}")])
             .args(&self.args)
             .env("REDIS_URL", &self.fleet.redis_url)
@@ -363,19 +380,33 @@ pub struct PrivateRedis {
     child: Option<Child>,
     pub port: u16,
     dir: PathBuf,
+    extra_args: Vec<String>,
 }
 
 impl PrivateRedis {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// With more `redis-server` arguments, e.g. `["--enable-debug-command", "local"]`.
+    pub fn start_with(extra_args: &[&str]) -> Self {
         let port = free_port();
         let dir = tempdir();
         let mut redis = Self {
             child: None,
             port,
             dir,
+            extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
         };
         redis.restart();
         redis
+    }
+
+    /// A connection to this server.
+    pub fn conn(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .and_then(|c| c.get_connection())
+            .expect("private redis reachable")
     }
 
     pub fn url(&self) -> String {
@@ -396,6 +427,7 @@ impl PrivateRedis {
             ])
             .arg("--dir")
             .arg(&self.dir)
+            .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -195,7 +195,8 @@ async fn a_429_retry_waits_for_retry_after_and_then_succeeds() {
         .arg("--provider", "anthropic")
         .arg("--base-url", format!("http://127.0.0.1:{anthropic}"))
         .arg("--backoff-base-ms", 10)
-        .arg("--backoff-max-ms", 20)
+        // The provider's wait wins over the jittered backoff, up to --backoff-max-ms.
+        .arg("--backoff-max-ms", 5_000)
         .env("ANTHROPIC_API_KEY", ANTHROPIC_KEY)
         .spawn();
     let ids = fleet.enqueue_many(1, "rate limited");
@@ -291,4 +292,61 @@ fn a_real_provider_without_a_key_fails_at_start_up() {
         assert!(!out.status.success());
         assert!(stderr.contains(var), "{provider}: {stderr}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn absurd_wait_headers_are_clamped_to_the_backoff_cap_without_a_panic() {
+    let (openai, seen) = serve(
+        "/v1/chat/completions",
+        Arc::new(|n| {
+            let rate_limited = json!({"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}});
+            match n {
+                1 => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    vec![("retry-after", "1e30".to_owned())],
+                    rate_limited,
+                ),
+                2 => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    vec![(
+                        "x-ratelimit-reset-requests",
+                        "99999999999999999999999h".to_owned(),
+                    )],
+                    rate_limited,
+                ),
+                _ => (StatusCode::OK, vec![], openai_completion("after two absurd waits")),
+            }
+        }),
+    )
+    .await;
+    let fleet = Fleet::new("absurd-wait");
+    let backoff_max = Duration::from_millis(400);
+    let worker = fleet
+        .worker("reasoning")
+        .arg("--provider", "openai")
+        .arg("--base-url", format!("http://127.0.0.1:{openai}"))
+        .arg("--backoff-base-ms", 10)
+        .arg("--backoff-max-ms", backoff_max.as_millis())
+        .arg("--lease-timeout-secs", 3)
+        .env("OPENAI_API_KEY", OPENAI_KEY)
+        .spawn();
+    let ids = fleet.enqueue_many(1, "hostile headers");
+    let ok = tokio::task::block_in_place(|| {
+        wait_until(Duration::from_secs(20), || {
+            fleet.count_status(&ids, TaskStatus::Synthesizing) == 1
+        })
+    });
+    assert!(ok, "{:?}\n{}", fleet.queue_counts(), worker.log());
+    let s = seen.lock().unwrap();
+    assert_eq!(s.requests.len(), 3);
+    for pair in s.requests.windows(2) {
+        let waited = pair[1].0 - pair[0].0;
+        // The cap, plus at most one maintenance tick (lease / 10) before the retry is due.
+        assert!(
+            waited <= backoff_max + Duration::from_millis(300) + Duration::from_secs(1),
+            "a retry waited {waited:?}; the cap is {backoff_max:?}"
+        );
+    }
+    assert_eq!(fleet.record(&ids[0]).stages["reasoning"].attempts, 3);
+    assert!(!worker.log().contains("panicked"), "{}", worker.log());
 }

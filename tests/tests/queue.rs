@@ -90,12 +90,12 @@ async fn a_silent_workers_jobs_are_recovered_after_the_lease_and_dead_lettered_p
     let held = q.fetch("silent", 10).await.unwrap();
     assert_eq!(held.len(), 10);
     // Within the lease nothing is taken back.
-    let early = q.recover_expired(lease, 2).await.unwrap();
+    let early = q.recover_expired(lease, 2, "recoverer").await.unwrap();
     assert!(early.workers.is_empty());
     assert_eq!(q.counts(lease).await.unwrap().in_flight, 10);
 
     tokio::time::sleep(lease + Duration::from_millis(100)).await;
-    let report = q.recover_expired(lease, 2).await.unwrap();
+    let report = q.recover_expired(lease, 2, "recoverer").await.unwrap();
     assert_eq!(report.workers, vec!["silent".to_owned()]);
     assert_eq!(report.requeued, 10);
     assert!(report.dead.is_empty());
@@ -109,7 +109,7 @@ async fn a_silent_workers_jobs_are_recovered_after_the_lease_and_dead_lettered_p
             .all(|raw| Envelope::<serde_json::Value>::decode(raw).unwrap().attempt == 2)
     );
     tokio::time::sleep(lease + Duration::from_millis(100)).await;
-    let report = q.recover_expired(lease, 2).await.unwrap();
+    let report = q.recover_expired(lease, 2, "recoverer").await.unwrap();
     assert_eq!(report.requeued, 0);
     assert_eq!(report.dead.len(), 10);
     let letters = q.dead_letters(0, 100).await.unwrap();
@@ -134,7 +134,7 @@ async fn a_worker_that_heartbeats_keeps_its_jobs() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         q.heartbeat("alive").await.unwrap();
         assert!(
-            q.recover_expired(lease, 5)
+            q.recover_expired(lease, 5, "recoverer")
                 .await
                 .unwrap()
                 .workers
@@ -182,7 +182,7 @@ async fn retries_wait_in_the_scheduled_set_until_due() {
     let q = queue(&fleet, "work");
     q.push(entry(1)).await.unwrap();
     let got = q.fetch("w", 1).await.unwrap();
-    let due = agentfleet_job::now_ms() + 300;
+    let due = Duration::from_millis(300);
     assert!(
         q.retry("w", &got[0], &String::from_utf8_lossy(&got[0]), due)
             .await

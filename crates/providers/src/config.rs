@@ -30,6 +30,8 @@ impl ProviderKind {
 pub enum FailKind {
     Transient,
     Permanent,
+    /// The provider call panics: proves that a panic is one job's transient failure.
+    Panic,
 }
 
 /// A secret string: `Debug` and `Display` never show it.

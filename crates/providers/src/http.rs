@@ -167,16 +167,14 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
             .map(str::trim)
     };
     if let Some(value) = header("retry-after") {
-        if let Ok(secs) = value.parse::<f64>()
-            && secs.is_finite()
-            && secs >= 0.0
-        {
-            return Some(Duration::from_secs_f64(secs));
+        if let Some(wait) = value.parse::<f64>().ok().and_then(seconds) {
+            return Some(wait);
         }
         if let Ok(at) = httpdate::parse_http_date(value) {
             return Some(
                 at.duration_since(SystemTime::now())
-                    .unwrap_or(Duration::ZERO),
+                    .unwrap_or(Duration::ZERO)
+                    .min(LONGEST_WAIT),
             );
         }
     }
@@ -223,7 +221,24 @@ pub(crate) fn parse_go_duration(text: &str) -> Option<Duration> {
         total += value * factor;
         rest = &rest[unit_end..];
     }
-    Some(Duration::from_secs_f64(total))
+    seconds(total)
+}
+
+/// The longest wait a provider's header is taken to mean; anything longer (`Retry-After:
+/// 1e30`) is read as this, and the retry policy clamps it further (`--backoff-max-ms`).
+pub(crate) const LONGEST_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// A wait in seconds from a header: never panics, whatever the provider sent. Negative or
+/// not a number: not a wait. Too long: [`LONGEST_WAIT`].
+fn seconds(secs: f64) -> Option<Duration> {
+    if secs.is_nan() || secs < 0.0 {
+        return None;
+    }
+    Some(
+        Duration::try_from_secs_f64(secs)
+            .unwrap_or(LONGEST_WAIT)
+            .min(LONGEST_WAIT),
+    )
 }
 
 /// Anthropic's reset headers: RFC 3339 timestamps (`2026-11-24T13:40:05Z`); the wait until then.
@@ -231,7 +246,8 @@ pub(crate) fn parse_rfc3339_wait(text: &str) -> Option<Duration> {
     let at = parse_rfc3339(text)?;
     Some(
         at.duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO),
+            .unwrap_or(Duration::ZERO)
+            .min(LONGEST_WAIT),
     )
 }
 
@@ -276,12 +292,42 @@ fn parse_rfc3339(text: &str) -> Option<SystemTime> {
     let days = era * 146_097 + doe - 719_468;
     let secs = days * 86_400 + hour * 3600 + min * 60 + sec - offset_secs;
     let secs = u64::try_from(secs).ok()?;
-    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_secs_f64(frac))
+    SystemTime::UNIX_EPOCH
+        .checked_add(Duration::from_secs(secs))?
+        .checked_add(seconds(frac)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hostile_wait_headers_never_panic_and_are_capped() {
+        let wait = |name: &'static str, value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(name, reqwest::header::HeaderValue::from_static(value));
+            retry_after(&headers)
+        };
+        for value in ["1e30", "inf", "1e400", "18446744073709551616"] {
+            assert_eq!(wait("retry-after", value), Some(LONGEST_WAIT), "{value}");
+        }
+        for value in ["NaN", "-5", "-inf", "soon", ""] {
+            assert_eq!(wait("retry-after", value), None, "{value}");
+        }
+        assert_eq!(
+            wait("x-ratelimit-reset-requests", "99999999999999999999999h"),
+            Some(LONGEST_WAIT)
+        );
+        assert_eq!(wait("x-ratelimit-reset-tokens", "1.5.5s"), None);
+        assert_eq!(
+            wait("anthropic-ratelimit-requests-reset", "9999-12-31T23:59:59Z"),
+            Some(LONGEST_WAIT)
+        );
+        assert_eq!(
+            wait("anthropic-ratelimit-requests-reset", "2026-13-99T99:99:99Z"),
+            None
+        );
+    }
 
     #[test]
     fn go_durations() {

@@ -79,6 +79,7 @@ impl Provider for MockProvider {
                         status: 400,
                         message: "mock: injected permanent failure".to_owned(),
                     },
+                    FailKind::Panic => panic!("mock: injected panic"),
                 });
             }
             let text = Self::answer(&request);

@@ -1,6 +1,5 @@
 use std::time::Duration;
 
-use agentfleet_job::now_ms;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 
@@ -244,9 +243,34 @@ impl Queue {
             .key(self.keys.workers())
             .arg(worker_id)
             .arg(max)
-            .arg(now_ms())
             .invoke_async(&mut self.conn.clone())
             .await?)
+    }
+
+    /// The entries `worker_id` holds in Redis (its in-flight hash), for reconciling them
+    /// with what the worker holds in memory.
+    pub async fn in_flight_entries(&self, worker_id: &str) -> Result<Fetched, QueueError> {
+        Ok(self
+            .conn
+            .clone()
+            .hkeys(self.keys.inflight(worker_id))
+            .await?)
+    }
+
+    /// Gives back entries `worker_id` holds in Redis but not in memory, uncounted, to the
+    /// consuming end of the queue. Entries no longer held are skipped. Returns how many went
+    /// back.
+    pub async fn release(&self, worker_id: &str, entries: &[Vec<u8>]) -> Result<u64, QueueError> {
+        let mut released = 0;
+        for chunk in entries.chunks(MAX_FETCH) {
+            let mut inv = SCRIPTS.release.key(self.keys.inflight(worker_id));
+            inv.key(self.keys.pending());
+            for e in chunk {
+                inv.arg(e.as_slice());
+            }
+            released += inv.invoke_async::<u64>(&mut self.conn.clone()).await?;
+        }
+        Ok(released)
     }
 
     /// Waits up to `timeout` for one entry to arrive, parking it in the worker's claim
@@ -271,25 +295,30 @@ impl Queue {
     }
 
     /// Finishes entries that succeeded. Returns how many this worker still held.
-    pub async fn ack(&self, worker_id: &str, entries: &[Vec<u8>]) -> Result<u64, QueueError> {
+    pub async fn ack<E: AsRef<[u8]>>(
+        &self,
+        worker_id: &str,
+        entries: &[E],
+    ) -> Result<u64, QueueError> {
         if entries.is_empty() {
             return Ok(0);
         }
         let mut inv = SCRIPTS.ack.key(self.keys.inflight(worker_id));
         inv.key(self.keys.stats());
         for e in entries {
-            inv.arg(e.as_slice());
+            inv.arg(e.as_ref());
         }
         Ok(inv.invoke_async(&mut self.conn.clone()).await?)
     }
 
-    /// Schedules a failed entry to run again at `run_at_ms`. False when the lease was lost.
+    /// Schedules a failed entry to run again `delay` from now, by Redis's clock. False when
+    /// this worker no longer held it.
     pub async fn retry(
         &self,
         worker_id: &str,
         fetched: &[u8],
         next: &str,
-        run_at_ms: u64,
+        delay: Duration,
     ) -> Result<bool, QueueError> {
         let n: u64 = SCRIPTS
             .retry
@@ -298,13 +327,13 @@ impl Queue {
             .key(self.keys.stats())
             .arg(fetched)
             .arg(next)
-            .arg(run_at_ms)
+            .arg(delay.as_millis() as u64)
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(n == 1)
     }
 
-    /// Moves a fetched entry to the dead letters. False when the lease was lost.
+    /// Moves a fetched entry to the dead letters. False when this worker no longer held it.
     pub async fn bury(
         &self,
         worker_id: &str,
@@ -315,6 +344,19 @@ impl Queue {
             key: self.keys.dead(),
             reason: e.to_string(),
         })?;
+        self.bury_encoded(worker_id, fetched, &letter.job_id, &record)
+            .await
+    }
+
+    /// [`Queue::bury`] with the dead letter already encoded (a settlement retried until it
+    /// lands encodes it once).
+    pub(crate) async fn bury_encoded(
+        &self,
+        worker_id: &str,
+        fetched: &[u8],
+        job_id: &str,
+        record: &str,
+    ) -> Result<bool, QueueError> {
         let n: u64 = SCRIPTS
             .dead
             .key(self.keys.inflight(worker_id))
@@ -322,76 +364,101 @@ impl Queue {
             .key(self.keys.dead_index())
             .key(self.keys.stats())
             .arg(fetched)
-            .arg(&letter.job_id)
+            .arg(job_id)
             .arg(record)
-            .arg(letter.dead_at_ms)
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(n == 1)
     }
 
-    /// Records that `worker_id` is alive now.
-    pub async fn heartbeat(&self, worker_id: &str) -> Result<(), QueueError> {
-        let _: () = self
-            .conn
-            .clone()
-            .zadd(self.keys.workers(), worker_id, now_ms())
-            .await?;
-        Ok(())
+    /// Records that `worker_id` is alive now, by Redis's clock. Returns Redis's time (ms).
+    pub async fn heartbeat(&self, worker_id: &str) -> Result<u64, QueueError> {
+        Ok(SCRIPTS
+            .heartbeat
+            .key(self.keys.workers())
+            .arg(worker_id)
+            .invoke_async(&mut self.conn.clone())
+            .await?)
     }
 
-    /// Takes back the entries of every worker whose heartbeat is older than `lease`.
+    /// Workers other than `asking_worker` whose heartbeat is older than `lease` by Redis's
+    /// clock (at most 100).
+    pub async fn expired_workers(
+        &self,
+        lease: Duration,
+        asking_worker: &str,
+    ) -> Result<Vec<String>, QueueError> {
+        Ok(SCRIPTS
+            .expired_workers
+            .key(self.keys.workers())
+            .arg(lease.as_millis() as u64)
+            .arg(100)
+            .arg(asking_worker)
+            .invoke_async(&mut self.conn.clone())
+            .await?)
+    }
+
+    /// Takes back the entries of every worker (other than `asking_worker`) whose heartbeat
+    /// is older than `lease` by Redis's clock.
     pub async fn recover_expired(
         &self,
         lease: Duration,
         max_attempts: u32,
+        asking_worker: &str,
     ) -> Result<RecoveryReport, QueueError> {
-        let now = now_ms();
-        let stale_before = now.saturating_sub(lease.as_millis() as u64);
-        let expired: Vec<String> = self
-            .conn
-            .clone()
-            .zrangebyscore_limit(
-                self.keys.workers(),
-                "-inf",
-                format!("({stale_before}"),
-                0,
-                100,
-            )
-            .await?;
+        let expired = self.expired_workers(lease, asking_worker).await?;
         let mut report = RecoveryReport::default();
         for worker in expired {
-            let out: Vec<redis::Value> = SCRIPTS
-                .recover
-                .key(self.keys.workers())
-                .key(self.keys.inflight(&worker))
-                .key(self.keys.claim(&worker))
-                .key(self.keys.pending())
-                .key(self.keys.dead())
-                .key(self.keys.dead_index())
-                .key(self.keys.stats())
-                .arg(&worker)
-                .arg(stale_before)
-                .arg(max_attempts)
-                .arg(now)
-                .arg(&self.role)
-                .invoke_async(&mut self.conn.clone())
-                .await?;
-            let mut values = out.into_iter();
-            let requeued: i64 = values
-                .next()
-                .map(|v| redis::from_redis_value(v).unwrap_or(-1))
-                .unwrap_or(-1);
-            if requeued < 0 {
-                continue; // it heartbeated in the meantime
+            if let Some((requeued, dead)) = self
+                .recover_worker(&worker, lease, max_attempts, asking_worker)
+                .await?
+            {
+                report.requeued += requeued;
+                report.dead.extend(dead);
+                report.workers.push(worker);
             }
-            report.requeued += requeued as u64;
-            report
-                .dead
-                .extend(values.filter_map(|v| redis::from_redis_value::<String>(v).ok()));
-            report.workers.push(worker);
         }
         Ok(report)
+    }
+
+    /// Takes back the entries of `worker` if its heartbeat is still older than `lease`
+    /// (checked again, atomically, by Redis's clock). Returns (requeued, dead-lettered job
+    /// ids), or `None` when it turned out alive (or is `asking_worker`).
+    pub async fn recover_worker(
+        &self,
+        worker: &str,
+        lease: Duration,
+        max_attempts: u32,
+        asking_worker: &str,
+    ) -> Result<Option<(u64, Vec<String>)>, QueueError> {
+        let out: Vec<redis::Value> = SCRIPTS
+            .recover
+            .key(self.keys.workers())
+            .key(self.keys.inflight(worker))
+            .key(self.keys.claim(worker))
+            .key(self.keys.pending())
+            .key(self.keys.dead())
+            .key(self.keys.dead_index())
+            .key(self.keys.stats())
+            .arg(worker)
+            .arg(lease.as_millis() as u64)
+            .arg(max_attempts)
+            .arg(&self.role)
+            .arg(asking_worker)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        let mut values = out.into_iter();
+        let requeued: i64 = values
+            .next()
+            .map(|v| redis::from_redis_value(v).unwrap_or(-1))
+            .unwrap_or(-1);
+        let Ok(requeued) = u64::try_from(requeued) else {
+            return Ok(None); // it heartbeated in the meantime
+        };
+        let dead = values
+            .filter_map(|v| redis::from_redis_value::<String>(v).ok())
+            .collect();
+        Ok(Some((requeued, dead)))
     }
 
     /// Gives back everything `worker_id` holds and unregisters it (graceful shutdown).
@@ -407,17 +474,20 @@ impl Queue {
             .await?)
     }
 
-    /// Moves due retries onto the pending list. Returns (moved, when the next is due).
-    pub async fn promote_due(&self) -> Result<(u64, Option<u64>), QueueError> {
-        let (moved, next): (u64, i64) = SCRIPTS
+    /// Moves due retries (by Redis's clock) onto the pending list. Returns (moved, time
+    /// until the next one is due).
+    pub async fn promote_due(&self) -> Result<(u64, Option<Duration>), QueueError> {
+        let (moved, wait_ms): (u64, i64) = SCRIPTS
             .promote
             .key(self.keys.scheduled())
             .key(self.keys.pending())
-            .arg(now_ms())
             .arg(MAINTENANCE_CHUNK)
             .invoke_async(&mut self.conn.clone())
             .await?;
-        Ok((moved, u64::try_from(next).ok()))
+        Ok((
+            moved,
+            u64::try_from(wait_ms).ok().map(Duration::from_millis),
+        ))
     }
 
     /// Drops dead letters that died before `retention` ago.
@@ -426,7 +496,7 @@ impl Queue {
             .expire_dead
             .key(self.keys.dead())
             .key(self.keys.dead_index())
-            .arg(now_ms().saturating_sub(retention.as_millis() as u64))
+            .arg(retention.as_millis() as u64)
             .arg(MAINTENANCE_CHUNK)
             .invoke_async(&mut self.conn.clone())
             .await?)
@@ -435,9 +505,9 @@ impl Queue {
     /// Reads every count in one round trip.
     pub async fn counts(&self, lease: Duration) -> Result<QueueCounts, QueueError> {
         let mut conn = self.conn.clone();
-        let live_since = now_ms().saturating_sub(lease.as_millis() as u64);
         #[allow(clippy::type_complexity)]
-        let (pending, scheduled, dead, stats, workers, oldest): (
+        let ((secs, micros), pending, scheduled, dead, stats, workers, oldest): (
+            (u64, u64),
             u64,
             u64,
             u64,
@@ -445,6 +515,7 @@ impl Queue {
             Vec<(String, f64)>,
             Option<Vec<u8>>,
         ) = redis::pipe()
+            .cmd("TIME")
             .llen(self.keys.pending())
             .zcard(self.keys.scheduled())
             .hlen(self.keys.dead())
@@ -463,6 +534,9 @@ impl Queue {
             let sizes: Vec<u64> = pipe.query_async(&mut conn).await?;
             in_flight = sizes.iter().sum();
         }
+        // Liveness is judged by Redis's clock, as recovery judges it.
+        let redis_now = secs * 1000 + micros / 1000;
+        let live_since = redis_now.saturating_sub(lease.as_millis() as u64);
         let oldest_pending_age_ms = oldest.and_then(|raw| {
             #[derive(serde::Deserialize)]
             struct Enqueued {
@@ -470,7 +544,7 @@ impl Queue {
             }
             serde_json::from_slice::<Enqueued>(&raw)
                 .ok()
-                .map(|e| now_ms().saturating_sub(e.enqueued_at_ms))
+                .map(|e| redis_now.saturating_sub(e.enqueued_at_ms))
         });
         Ok(QueueCounts {
             pending,
@@ -568,12 +642,12 @@ impl Queue {
         Ok(purged)
     }
 
-    /// Ids of live workers (heartbeat within `lease`).
+    /// Ids of live workers (heartbeat within `lease`, by Redis's clock).
     pub async fn live_workers(&self, lease: Duration) -> Result<Vec<String>, QueueError> {
-        let since = now_ms().saturating_sub(lease.as_millis() as u64);
-        Ok(self
-            .conn
-            .clone()
+        let mut conn = self.conn.clone();
+        let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await?;
+        let since = (secs * 1000 + micros / 1000).saturating_sub(lease.as_millis() as u64);
+        Ok(conn
             .zrangebyscore(self.keys.workers(), since, "+inf")
             .await?)
     }

@@ -1,6 +1,13 @@
 //! The Lua scripts: one file per atomic state transition, loaded once per Redis and
 //! called by SHA (redis-rs sends EVALSHA and loads the script on NOSCRIPT, e.g. after a
 //! Redis restart).
+//!
+//! Every script starts with a `#!lua` line (Redis 7.0 script flags). Without it Redis checks
+//! `maxmemory` command by command, so a script refused half-way would keep its deletes and
+//! lose its writes: an entry taken off a list and never put anywhere. With it, a writing
+//! script is refused as a whole while Redis is out of memory, and the worker retries it.
+//! `allow-oom` marks the scripts that only free memory (ack, purge, expire), so they still
+//! run then; `no-writes` marks the read-only ones.
 
 use std::sync::LazyLock;
 
@@ -21,6 +28,10 @@ pub(crate) struct Scripts {
     pub record_start: Script,
     pub record_finish: Script,
     pub record_requeue: Script,
+    pub record_dead: Script,
+    pub heartbeat: Script,
+    pub expired_workers: Script,
+    pub release: Script,
 }
 
 pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -38,4 +49,8 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     record_start: Script::new(include_str!("lua/record_start.lua")),
     record_finish: Script::new(include_str!("lua/record_finish.lua")),
     record_requeue: Script::new(include_str!("lua/record_requeue.lua")),
+    record_dead: Script::new(include_str!("lua/record_dead.lua")),
+    heartbeat: Script::new(include_str!("lua/heartbeat.lua")),
+    expired_workers: Script::new(include_str!("lua/expired_workers.lua")),
+    release: Script::new(include_str!("lua/release.lua")),
 });

@@ -154,23 +154,26 @@ impl TaskStore {
         Ok(written == 1)
     }
 
-    /// Marks the task dead with the reason (a dead letter holds the rest).
+    /// Marks the task dead with the reason (a dead letter holds the rest). A `done` task
+    /// stays done and a record that is gone stays gone: returns whether it was marked.
     pub async fn mark_dead(
         &self,
         task_id: &str,
         role: &str,
         attempts: u32,
         reason: &str,
-    ) -> Result<(), QueueError> {
-        self.set_fields(
-            task_id,
-            &[
-                ("status", TaskStatus::Dead.as_str().to_owned()),
-                ("last_error", reason.to_owned()),
-                (&format!("{role}.attempts"), attempts.to_string()),
-            ],
-        )
-        .await
+    ) -> Result<bool, QueueError> {
+        let marked: i64 = SCRIPTS
+            .record_dead
+            .key(self.namespace.task(task_id))
+            .arg(reason)
+            .arg(format!("{role}.attempts"))
+            .arg(attempts)
+            .arg(now_ms())
+            .arg(self.ttl.as_millis() as u64)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(marked == 1)
     }
 
     /// Notes a failed attempt that will be retried.

@@ -109,8 +109,9 @@ pub enum StageResult {
     /// The stage's output: fresh, or written by an earlier attempt (then the provider was
     /// not called again).
     Output(String),
-    /// The task is already done: nothing to do.
-    AlreadyDone,
+    /// The task is already in a terminal state (`done`, or `dead` until its dead letter is
+    /// replayed): nothing to do, and nothing may change it.
+    AlreadyFinished(TaskStatus),
 }
 
 /// A stage of the pipeline, as [`RoleContext::llm_stage`] runs it.
@@ -159,8 +160,9 @@ impl RoleContext {
             ))
             .into());
         };
-        if status == Some(TaskStatus::Done) {
-            return Ok(StageResult::AlreadyDone);
+        if let Some(status) = status.filter(|s| s.is_terminal()) {
+            tracing::info!(%status, "task already finished; this delivery changes nothing");
+            return Ok(StageResult::AlreadyFinished(status));
         }
         if let Some(output) = existing {
             tracing::info!("output of an earlier attempt reused; provider not called again");
@@ -183,7 +185,16 @@ impl RoleContext {
             .await
             .map_err(redis_failure)?;
         if !written {
-            return Ok(StageResult::AlreadyDone);
+            // It became terminal while the provider answered (another copy finished it, or
+            // it was dead-lettered): the stored state stands.
+            let now = self
+                .store
+                .statuses(&[stage.task_id.to_owned()])
+                .await
+                .map_err(redis_failure)?;
+            let status = now.into_iter().flatten().next().unwrap_or(TaskStatus::Dead);
+            tracing::info!(%status, "task finished meanwhile; this output is not stored");
+            return Ok(StageResult::AlreadyFinished(status));
         }
         Ok(StageResult::Output(output))
     }

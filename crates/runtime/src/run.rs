@@ -3,6 +3,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use agentfleet_job::JobError;
 use agentfleet_queue::{
     ConnectOptions, Delivery, Disposition, JobFailure, Namespace, Queue, RedisBackend, TaskStore,
     WorkerOptions, WorkerStatus, connect,
@@ -11,7 +12,9 @@ use agentfleet_telemetry::{Metrics, Readiness, init_logging, job_span, serve};
 use apalis::layers::WorkerBuilderExt;
 use apalis_core::task::Task;
 use apalis_core::worker::builder::WorkerBuilder;
+use futures::FutureExt;
 use futures::future::BoxFuture;
+use std::panic::AssertUnwindSafe;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{Llm, RoleContext, WorkerArgs};
@@ -62,6 +65,10 @@ pub enum RuntimeError {
     Signals(std::io::Error),
     #[error("handing back unfinished jobs failed: {0}")]
     HandBack(agentfleet_queue::QueueError),
+    /// The apalis worker stopped on its own: the process cannot take work any more, so it
+    /// exits (non-zero) for its supervisor to restart it.
+    #[error("the job loop ended unexpectedly ({reason}); its jobs were handed back")]
+    WorkerEnded { reason: String },
 }
 
 /// `worker-name` (or host name) plus a random suffix: recovery tells workers apart by it,
@@ -92,12 +99,22 @@ struct WorkerReadiness(Arc<WorkerStatus>);
 
 impl Readiness for WorkerReadiness {
     fn ready(&self) -> Result<(), String> {
+        self.alive()?;
         if self.0.draining() {
             Err("draining (shutting down)".to_owned())
+        } else if let Some(error) = self.0.redis_error() {
+            Err(format!("redis: {error}"))
         } else if !self.0.redis_up() {
-            Err("redis unreachable".to_owned())
+            Err("redis not reached yet".to_owned())
         } else {
             Ok(())
+        }
+    }
+
+    fn alive(&self) -> Result<(), String> {
+        match self.0.failure() {
+            Some(reason) => Err(reason),
+            None => Ok(()),
         }
     }
 }
@@ -132,10 +149,39 @@ impl<H: RoleHandler> tower::Service<Task<Delivery>> for RoleService<H> {
         if self.noop {
             return Box::pin(futures::future::ready(Ok(())));
         }
+        // A fault no outside event can cause: a panic outside the handler's containment,
+        // which ends the apalis worker (see the supervision in `run`).
+        fail::fail_point!("job-loop-panic");
         let handler = self.handler.clone();
         let ctx = self.ctx.clone();
         let delivery = task.args;
-        Box::pin(async move { handler.handle(&ctx, &delivery).await })
+        Box::pin(async move {
+            // A panic in a handler or a provider is that job's transient failure: the job
+            // is settled (retried) and its slot freed, and the worker keeps its concurrency.
+            match AssertUnwindSafe(handler.handle(&ctx, &delivery))
+                .catch_unwind()
+                .await
+            {
+                Ok(result) => result,
+                Err(panic) => {
+                    let message = panic_message(panic.as_ref());
+                    tracing::error!(panic = %message, "job handler panicked; the job will be retried");
+                    Err(JobFailure::Job(JobError::transient(format!(
+                        "handler panicked: {message}"
+                    ))))
+                }
+            }
+        })
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_owned()
     }
 }
 
@@ -147,6 +193,7 @@ pub async fn run<H: RoleHandler>(
     args: WorkerArgs,
     handler: H,
 ) -> Result<(), RuntimeError> {
+    let _fail_points = fail::FailScenario::setup();
     let telemetry = init_logging(
         args.log_format,
         args.otlp_endpoint.as_deref(),
@@ -256,11 +303,7 @@ pub async fn run<H: RoleHandler>(
         .backend(backend)
         .concurrency(args.concurrency.max(1))
         .build(service);
-    let worker_task = tokio::spawn(async move {
-        if let Err(e) = worker.run().await {
-            tracing::error!(error = %e, "worker loop ended with an error");
-        }
-    });
+    let mut worker_task = tokio::spawn(worker.run());
     let sampler = tokio::spawn(sample_queue(queue, metrics.clone(), role, args.lease()));
 
     tracing::info!(
@@ -279,6 +322,15 @@ pub async fn run<H: RoleHandler>(
     let which = tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
+        ended = &mut worker_task => {
+            let reason = match ended {
+                Ok(Ok(())) => "it stopped taking jobs".to_owned(),
+                Ok(Err(e)) => format!("error: {e}"),
+                Err(e) if e.is_panic() => format!("panic: {}", panic_message(e.into_panic().as_ref())),
+                Err(e) => e.to_string(),
+            };
+            return Err(job_loop_ended(reason, handle, &status, &metrics, health, sampler, telemetry).await);
+        }
     };
     let grace = Duration::from_secs(args.shutdown_grace_secs);
     tracing::info!(
@@ -310,6 +362,34 @@ pub async fn run<H: RoleHandler>(
     tracing::info!(handed_back, "worker stopped");
     telemetry.shutdown();
     Ok(())
+}
+
+/// The apalis worker ended while the process was running: report unhealthy, stop
+/// heartbeating, hand back every job this worker holds so that others run them at once,
+/// and return the error that makes the process exit non-zero.
+async fn job_loop_ended(
+    reason: String,
+    handle: agentfleet_queue::WorkerHandle,
+    status: &WorkerStatus,
+    metrics: &Metrics,
+    health: agentfleet_telemetry::HealthServer,
+    sampler: tokio::task::JoinHandle<()>,
+    telemetry: agentfleet_telemetry::Telemetry,
+) -> RuntimeError {
+    tracing::error!(reason = %reason, "job loop ended unexpectedly; handing back jobs and exiting");
+    status.fail(format!("job loop ended: {reason}"));
+    metrics.worker_draining.set(1);
+    sampler.abort();
+    let handed_back = handle.finish(Duration::from_secs(5)).await;
+    health.abort();
+    match handed_back {
+        Ok(n) => tracing::info!(handed_back = n, "worker stopped"),
+        Err(e) => {
+            tracing::error!(error = %e, "handing back jobs failed; they are recovered after the lease")
+        }
+    }
+    telemetry.shutdown();
+    RuntimeError::WorkerEnded { reason }
 }
 
 /// Refreshes the queue gauges every 2 s off the hot path: one pipelined read per role.

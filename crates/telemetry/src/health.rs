@@ -10,10 +10,15 @@ use tokio::net::TcpListener;
 
 use crate::Metrics;
 
-/// Answers `/readyz`: ready when Redis is reachable and the worker is not draining.
+/// Answers `/readyz` (ready when Redis is reachable and the worker is not draining) and
+/// `/healthz` (alive unless the worker can no longer work: then it should be restarted).
 pub trait Readiness: Send + Sync + 'static {
     /// `Err(reason)` when not ready.
     fn ready(&self) -> Result<(), String>;
+    /// `Err(reason)` when broken for good.
+    fn alive(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// The running HTTP server.
@@ -51,7 +56,7 @@ pub async fn serve(
     });
     let app = Router::new()
         .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state);
     let task = tokio::spawn(async move {
@@ -71,6 +76,16 @@ async fn metrics_handler(State(state): State<Arc<AppState>>) -> impl IntoRespons
         )],
         state.metrics.render(),
     )
+}
+
+async fn healthz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    match state.readiness.alive() {
+        Ok(()) => (StatusCode::OK, "ok\n".to_owned()),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: {reason}\n"),
+        ),
+    }
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {

@@ -62,7 +62,7 @@ impl RoleHandler for Reasoning {
                 .await?
             {
                 StageResult::Output(analysis) => analysis,
-                StageResult::AlreadyDone => return Ok(()),
+                StageResult::AlreadyFinished(_) => return Ok(()),
             };
             // The synthesis job's id is the task id and its push is guarded by it: a re-run
             // of this job (after a crash or a lost ack) never creates a second one.

@@ -1,13 +1,17 @@
+#!lua
 -- Hand up to ARGV[2] entries to one worker, counting the delivery atomically.
 -- KEYS[1] pending list, KEYS[2] the worker's in-flight hash, KEYS[3] the worker's claim
 -- list (where a blocking BLMOVE parks one entry), KEYS[4] workers (heartbeat zset)
--- ARGV[1] worker id, ARGV[2] max entries, ARGV[3] now (ms)
+-- ARGV[1] worker id, ARGV[2] max entries
+-- Times are Redis's own (TIME): the only clock that leases compare, whatever the workers'
+-- clocks say.
 -- Each entry's `{"attempt":N,` prefix becomes N+1 before it is recorded in flight, so a
 -- worker that dies holding it has still used up that attempt. Entries that are not
 -- envelopes (garbage) pass unchanged; the worker dead-letters them.
 -- Returns the entries as recorded in flight (the worker acks them by these exact bytes).
 local max = tonumber(ARGV[2])
-local now = ARGV[3]
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
 redis.call('ZADD', KEYS[4], now, ARGV[1])
 local got = {}
 local parked = redis.call('LRANGE', KEYS[3], 0, -1)

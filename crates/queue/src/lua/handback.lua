@@ -1,3 +1,4 @@
+#!lua
 -- Give back everything a stopping worker still holds, at once rather than after the lease.
 -- KEYS[1] the worker's in-flight hash, KEYS[2] its claim list, KEYS[3] pending list,
 -- KEYS[4] workers zset

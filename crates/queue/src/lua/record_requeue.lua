@@ -1,3 +1,4 @@
+#!lua
 -- A dead task's job was replayed: show it waiting again, unless it has moved on already.
 -- KEYS[1] task record hash
 -- ARGV[1] status to show, ARGV[2] now (ms)

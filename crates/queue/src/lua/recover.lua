@@ -1,15 +1,20 @@
+#!lua
 -- Take back every entry held by a worker whose heartbeat is older than the lease.
 -- KEYS[1] workers zset, KEYS[2] that worker's in-flight hash, KEYS[3] its claim list,
 -- KEYS[4] pending list, KEYS[5] dead letters hash, KEYS[6] dead letter index, KEYS[7] stats
--- ARGV[1] worker id, ARGV[2] heartbeats older than this (ms) are expired,
--- ARGV[3] max attempts, ARGV[4] now (ms), ARGV[5] role
+-- ARGV[1] worker id, ARGV[2] lease (ms), ARGV[3] max attempts, ARGV[4] role,
+-- ARGV[5] the recovering worker's id
+-- The lease is compared on Redis's clock (TIME), the only one every worker shares.
 -- An entry whose delivery count has reached max attempts is dead-lettered (class "crash"):
 -- a job that kills every worker that runs it ends there instead of looping.
--- Returns {requeued, dead job id, ...}, or {-1} when the worker is alive after all.
+-- Returns {requeued, dead job id, ...}, or {-1} when the worker is alive after all (or is
+-- the one asking).
+if ARGV[1] == ARGV[5] then return {-1} end
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if score and tonumber(score) >= tonumber(ARGV[2]) then return {-1} end
+if score and tonumber(score) >= now - tonumber(ARGV[2]) then return {-1} end
 local max = tonumber(ARGV[3])
-local now = tonumber(ARGV[4])
 local requeue = {}
 local dead = {}
 local parked = redis.call('LRANGE', KEYS[3], 0, -1)
@@ -24,7 +29,7 @@ for i = 1, #held do
     local id = string.match(entry, '"id":"([^"]*)"') or ('unreadable-' .. redis.sha1hex(entry))
     local record = cjson.encode({
       job_id = id,
-      role = ARGV[5],
+      role = ARGV[4],
       payload = entry,
       error_class = 'crash',
       error = 'worker ' .. ARGV[1] .. ' stopped heartbeating while running this job, on delivery ' .. tostring(n or max) .. ' of ' .. max,
