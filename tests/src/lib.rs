@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agentfleet_job::{TaskRecord, TaskStatus};
+use agentfleet_queue::RedisArgs;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -63,6 +64,8 @@ pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
 pub struct Fleet {
     pub namespace: String,
     pub redis_url: String,
+    /// How every process of the fleet reaches Redis (URL and TLS files).
+    pub redis: RedisArgs,
     client: redis::Client,
 }
 
@@ -72,16 +75,28 @@ impl Fleet {
     }
 
     pub fn on(test: &str, redis_url: &str) -> Self {
+        Self::with(test, RedisArgs::plain(redis_url))
+    }
+
+    /// A fleet whose processes reach Redis with `redis` (TLS, an ACL user...). The test's
+    /// own connection (for reading keys and cleaning up) uses it too.
+    pub fn with(test: &str, redis: RedisArgs) -> Self {
         let suffix: String = std::iter::repeat_with(fastrand::alphanumeric)
             .take(6)
             .collect();
         let namespace = format!("t-{test}-{suffix}");
-        let client = redis::Client::open(redis_url).expect("redis url");
+        let client = redis.client().expect("usable redis options");
         Self {
             namespace,
-            redis_url: redis_url.to_owned(),
+            redis_url: redis.url.expose_secret().to_owned(),
+            redis,
             client,
         }
+    }
+
+    /// The test's own Redis client (the fleet's options).
+    pub fn client(&self) -> &redis::Client {
+        &self.client
     }
 
     pub fn conn(&self) -> redis::Connection {
@@ -92,10 +107,16 @@ impl Fleet {
 
     /// Runs `agentfleet` with this fleet's Redis and namespace.
     pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_with(args, &[])
+    }
+
+    /// Runs `agentfleet` with extra environment variables.
+    pub fn cli_with(&self, args: &[&str], envs: &[(&str, &str)]) -> Output {
         Command::new(bin("agentfleet"))
             .args(args)
-            .env("REDIS_URL", &self.redis_url)
+            .envs(self.redis.to_env())
             .env("AGENTFLEET_NAMESPACE", &self.namespace)
+            .envs(envs.iter().copied())
             .output()
             .expect("run agentfleet")
     }
@@ -224,12 +245,26 @@ impl WorkerBuilder<'_> {
         self
     }
 
+    /// Starts the worker and waits for its /healthz.
     pub fn spawn(self) -> Worker {
+        let worker = self.start();
+        assert!(
+            wait_until(Duration::from_secs(10), || worker.http_status("/healthz")
+                == Some(200)),
+            "{} worker did not come up:\n{}",
+            worker.role,
+            worker.log()
+        );
+        worker
+    }
+
+    /// Starts the worker without waiting for anything (for workers expected to stop).
+    pub fn start(self) -> Worker {
         let port = free_port();
         let mut cmd = Command::new(bin(&format!("{}-worker", self.role)));
         cmd.args(["--metrics-addr", &format!("127.0.0.1:{port}")])
             .args(&self.args)
-            .env("REDIS_URL", &self.fleet.redis_url)
+            .envs(self.fleet.redis.to_env())
             .env("AGENTFLEET_NAMESPACE", &self.fleet.namespace)
             .env("RUST_LOG", "info")
             .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -248,20 +283,12 @@ impl WorkerBuilder<'_> {
                 }
             });
         }
-        let worker = Worker {
+        Worker {
             child,
             port,
             log,
             role: self.role,
-        };
-        assert!(
-            wait_until(Duration::from_secs(10), || worker.http_status("/healthz")
-                == Some(200)),
-            "{} worker did not come up:\n{}",
-            worker.role,
-            worker.log()
-        );
-        worker
+        }
     }
 }
 

@@ -90,7 +90,7 @@ fn status_of_an_unknown_id_is_a_clear_error() {
     for id in ["01JAAAAAAAAAAAAAAAAAAAAAAA", "not-a-ulid"] {
         let out = fleet.cli(&["status", id]);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert_eq!(out.status.code(), Some(3), "{stderr}");
         assert!(stderr.contains("not found"), "{stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
     }

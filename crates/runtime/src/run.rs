@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use agentfleet_queue::{
     ConnectOptions, Delivery, Disposition, JobFailure, Namespace, Queue, RedisBackend, TaskStore,
-    WorkerOptions, WorkerStatus, connect,
+    WorkerOptions, WorkerStatus, check_access, connect,
 };
 use agentfleet_telemetry::{Metrics, Readiness, init_logging, job_span, serve};
 use apalis::layers::WorkerBuilderExt;
@@ -43,7 +43,7 @@ pub enum RuntimeError {
     Provider(#[from] agentfleet_providers::ConfigError),
     #[error("cannot read the system prompt file: {0}")]
     SystemPrompt(std::io::Error),
-    #[error("redis configuration: {0}")]
+    #[error(transparent)]
     Queue(#[from] agentfleet_queue::QueueError),
     #[error(transparent)]
     Name(#[from] agentfleet_queue::InvalidName),
@@ -62,6 +62,20 @@ pub enum RuntimeError {
     Signals(std::io::Error),
     #[error("handing back unfinished jobs failed: {0}")]
     HandBack(agentfleet_queue::QueueError),
+}
+
+impl RuntimeError {
+    /// The exit code of a worker that stops on this (README, "Exit codes").
+    pub fn exit_code(&self) -> u8 {
+        use agentfleet_job::exit;
+        match self {
+            Self::Provider(_) | Self::SystemPrompt(_) | Self::Name(_) => exit::USAGE,
+            Self::Queue(agentfleet_queue::QueueError::Config(_)) => exit::USAGE,
+            Self::Queue(agentfleet_queue::QueueError::InvalidName(_)) => exit::USAGE,
+            Self::Queue(_) | Self::HandBack(_) => exit::REDIS_UNAVAILABLE,
+            _ => exit::INTERNAL,
+        }
+    }
 }
 
 /// `worker-name` (or host name) plus a random suffix: recovery tells workers apart by it,
@@ -162,11 +176,14 @@ pub async fn run<H: RoleHandler>(
     let version = env!("CARGO_PKG_VERSION");
 
     let options = ConnectOptions::default();
-    let conn = connect(&args.redis_url, &options)?;
+    let conn = connect(&args.redis, &options)?;
+    // A certificate, password or ACL that Redis refuses stops the worker now, with the
+    // reason; Redis merely being away does not (it connects when Redis answers).
+    check_access(&conn).await?;
     // The blocking wait parks its connection: it gets one of its own, with a reply timeout
     // longer than the wait.
     let blocking_conn = connect(
-        &args.redis_url,
+        &args.redis,
         &ConnectOptions {
             response_timeout: Duration::from_secs(5),
             ..options.clone()
@@ -245,6 +262,7 @@ pub async fn run<H: RoleHandler>(
         namespace,
         store,
         llm: Llm::new(provider.clone(), system_prompt, metrics.clone()),
+        limits: args.limits(),
         conn,
     });
     let service = RoleService {
@@ -271,6 +289,7 @@ pub async fn run<H: RoleHandler>(
         concurrency = args.concurrency,
         metrics_addr = %health.local_addr,
         namespace = %args.namespace,
+        redis_url = %args.redis.url,
         "worker started"
     );
 
@@ -350,7 +369,7 @@ pub async fn main<H: RoleHandler>(
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{}-worker: {e}", spec.name);
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(e.exit_code())
         }
     }
 }
