@@ -13,7 +13,9 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use agentfleet_job::{TaskSpec, now_ms};
-use agentfleet_queue::{ConnectOptions, Namespace, NewTask, PushEntry, Queue, TaskStore, connect};
+use agentfleet_queue::{
+    ConnectOptions, Namespace, NewTask, PushEntry, Queue, RedisArgs, TaskStore, connect,
+};
 use anyhow::{Context, anyhow, bail};
 use clap::Args;
 use nix::sys::signal::{Signal, kill};
@@ -216,8 +218,8 @@ impl Drop for PrivateRedis {
 }
 
 /// True when a Redis answers PING at `url` within 2 s.
-async fn answers(url: &str) -> bool {
-    let Ok(client) = redis::Client::open(url) else {
+async fn answers(redis: &RedisArgs) -> bool {
+    let Ok(client) = redis.client() else {
         return false;
     };
     let ping = async {
@@ -258,7 +260,7 @@ async fn start_private_redis() -> anyhow::Result<(String, PrivateRedis)> {
     let url = format!("redis://127.0.0.1:{port}");
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(10) {
-        if answers(&url).await {
+        if answers(&RedisArgs::plain(url.as_str())).await {
             return Ok((url, redis));
         }
         if let Ok(Some(status)) = redis.child.try_wait() {
@@ -304,7 +306,7 @@ impl Drop for Worker {
 struct Scratch {
     scenario: &'static str,
     ns: Namespace,
-    url: String,
+    redis: RedisArgs,
     conn: ConnectionManager,
     logs: PathBuf,
     workers: Vec<Worker>,
@@ -316,7 +318,7 @@ impl Scratch {
         Ok(Self {
             scenario,
             ns,
-            url: bench.url.clone(),
+            redis: bench.redis.clone(),
             conn: bench.conn.clone(),
             logs: bench.logs.clone(),
             workers: Vec::new(),
@@ -370,7 +372,7 @@ impl Scratch {
             // A stopped bench worker hands its jobs back at once instead of waiting 30 s.
             .args(["--shutdown-grace-secs", "1"])
             .args(args)
-            .env("REDIS_URL", &self.url)
+            .envs(self.redis.to_env())
             .env("AGENTFLEET_NAMESPACE", self.ns.as_str())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -465,7 +467,7 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         // Workers first: one still running would hand jobs back into deleted keys.
         self.stop_workers();
-        if let Err(e) = delete_namespace(&self.url, &self.ns) {
+        if let Err(e) = delete_namespace(&self.redis, &self.ns) {
             eprintln!(
                 "agentfleet bench: could not delete namespace {}: {e}",
                 self.ns
@@ -476,8 +478,8 @@ impl Drop for Scratch {
 
 /// SCAN + DEL of every key of a namespace (task records and queue keys), on a blocking
 /// connection of its own so that it also runs from `Drop`.
-fn delete_namespace(url: &str, ns: &Namespace) -> redis::RedisResult<()> {
-    let client = redis::Client::open(url)?;
+fn delete_namespace(redis: &RedisArgs, ns: &Namespace) -> anyhow::Result<()> {
+    let client = redis.client()?;
     let mut conn = client.get_connection_with_timeout(Duration::from_secs(2))?;
     conn.set_read_timeout(Some(Duration::from_secs(30)))?;
     for pattern in [format!("{ns}:*"), format!("{{{ns}:*")] {
@@ -658,7 +660,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// The run: where it measures, what it found.
 struct Bench {
-    url: String,
+    redis: RedisArgs,
     private: bool,
     quick: bool,
     sizes: Sizes,
@@ -1359,7 +1361,7 @@ fn print_table(figures: &[Figure]) {
     }
 }
 
-pub async fn run(redis_url: &str, args: BenchArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(redis: &RedisArgs, args: BenchArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let selected: Vec<&'static str> = SCENARIOS
         .into_iter()
@@ -1368,19 +1370,23 @@ pub async fn run(redis_url: &str, args: BenchArgs) -> anyhow::Result<ExitCode> {
 
     // Declared before everything that uses it, so it is dropped (stopped) last.
     let mut private_redis = None;
-    let url = if !args.private_redis && answers(redis_url).await {
-        redis_url.to_owned()
+    let redis = if !args.private_redis && answers(redis).await {
+        redis.clone()
     } else {
         if !args.private_redis {
-            eprintln!("no Redis answers at {redis_url}: starting a private redis-server");
+            eprintln!(
+                "no Redis answers at {}: starting a private redis-server",
+                redis.url
+            );
         }
-        let (url, redis) = start_private_redis().await?;
-        private_redis = Some(redis);
-        url
+        let (url, server) = start_private_redis().await?;
+        private_redis = Some(server);
+        RedisArgs::plain(url)
     };
+    // Shown without its password, everywhere below.
+    let url = redis.url.clone();
     let private = private_redis.is_some();
-    let mut conn = connect(&url, &ConnectOptions::default())
-        .with_context(|| format!("cannot use redis at {url}"))?;
+    let mut conn = connect(&redis, &ConnectOptions::default())?;
     let server: String = redis::cmd("INFO")
         .arg("server")
         .query_async(&mut conn)
@@ -1399,7 +1405,7 @@ pub async fn run(redis_url: &str, args: BenchArgs) -> anyhow::Result<ExitCode> {
     let cpu = cpu_model();
 
     let mut bench = Bench {
-        url: url.clone(),
+        redis: redis.clone(),
         private,
         quick: args.quick,
         sizes: Sizes::new(args.quick),
@@ -1442,7 +1448,7 @@ pub async fn run(redis_url: &str, args: BenchArgs) -> anyhow::Result<ExitCode> {
         let out = serde_json::json!({
             "quick": args.quick,
             "seconds": seconds,
-            "redis": { "url": url, "private": private, "version": redis_version },
+            "redis": { "url": url.to_string(), "private": private, "version": redis_version },
             "machine": { "nproc": nproc, "cpu_model": cpu, "clk_tck": clk_tck },
             "figures": bench.figures,
             "notes": bench.notes,

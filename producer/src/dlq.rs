@@ -1,20 +1,22 @@
 use std::process::ExitCode;
 
+use agentfleet_job::exit;
 use agentfleet_job::{Envelope, TaskStatus};
 use agentfleet_queue::DeadLetter;
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Subcommand;
 use serde_json::value::RawValue;
 
-use crate::Fleet;
+use crate::{Fleet, NotFound, usage};
 
 #[derive(Subcommand)]
 pub enum DlqCommand {
     /// Dead letters of a role, newest first.
     List {
         role: String,
-        #[arg(long, default_value_t = 50)]
-        limit: usize,
+        /// At most this many (1 or more).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        limit: u64,
         #[arg(long, default_value_t = 0)]
         offset: usize,
         #[arg(long)]
@@ -55,7 +57,10 @@ pub async fn run(fleet: &Fleet, cmd: DlqCommand) -> anyhow::Result<ExitCode> {
             offset,
             json,
         } => {
-            let letters = fleet.queue(&role)?.dead_letters(offset, limit).await?;
+            let letters = fleet
+                .queue(&role)?
+                .dead_letters(offset, limit as usize)
+                .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&letters)?);
             } else if letters.is_empty() {
@@ -85,10 +90,10 @@ pub async fn run(fleet: &Fleet, cmd: DlqCommand) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::SUCCESS);
                 }
             }
-            bail!(
+            Err(anyhow::Error::new(NotFound(format!(
                 "no dead letter {id} in any role ({})",
                 fleet.roles.join(", ")
-            )
+            ))))
         }
         DlqCommand::Replay { role, ids, all } => {
             let queue = fleet.queue(&role)?;
@@ -98,11 +103,13 @@ pub async fn run(fleet: &Fleet, cmd: DlqCommand) -> anyhow::Result<ExitCode> {
                 ids
             };
             let mut pairs = Vec::with_capacity(ids.len());
+            let mut missing = 0;
             for id in &ids {
                 let Some(letter) = queue.dead_letter(id).await? else {
                     eprintln!(
                         "agentfleet: no dead letter {id} in {role} (already replayed or purged?)"
                     );
+                    missing += 1;
                     continue;
                 };
                 pairs.push((id.clone(), reset(&letter.payload)));
@@ -119,7 +126,11 @@ pub async fn run(fleet: &Fleet, cmd: DlqCommand) -> anyhow::Result<ExitCode> {
             }
             let replayed = queue.replay(&pairs).await.context("replay failed")?;
             println!("replayed {} dead letter(s) of {role}", replayed.len());
-            Ok(ExitCode::SUCCESS)
+            Ok(ExitCode::from(if missing > 0 {
+                exit::NOT_FOUND
+            } else {
+                exit::OK
+            }))
         }
         DlqCommand::Purge {
             role,
@@ -128,7 +139,9 @@ pub async fn run(fleet: &Fleet, cmd: DlqCommand) -> anyhow::Result<ExitCode> {
             yes,
         } => {
             if !yes {
-                bail!("purging deletes dead letters for good: add --yes to confirm");
+                return Err(usage!(
+                    "purging deletes dead letters for good: add --yes to confirm"
+                ));
             }
             let queue = fleet.queue(&role)?;
             let ids = if all {
@@ -138,6 +151,11 @@ pub async fn run(fleet: &Fleet, cmd: DlqCommand) -> anyhow::Result<ExitCode> {
             };
             let purged = queue.purge(&ids).await?;
             println!("purged {purged} dead letter(s) of {role}");
+            let missing = ids.len() as u64 - purged.min(ids.len() as u64);
+            if missing > 0 {
+                eprintln!("agentfleet: {missing} of the ids given were not dead letters of {role}");
+                return Ok(ExitCode::from(exit::NOT_FOUND));
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

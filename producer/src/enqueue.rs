@@ -1,15 +1,18 @@
 use std::collections::BTreeMap;
-use std::io::{BufRead, Write};
+use std::io::{BufRead, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use agentfleet_job::{Envelope, ReasoningJob, TaskId, TaskSpec, TraceContext, now_ms};
-use agentfleet_queue::{NewTask, PushEntry};
-use anyhow::{Context, bail};
+use agentfleet_job::{Envelope, Limits, ReasoningJob, TaskId, TaskSpec, TraceContext, now_ms};
+use agentfleet_queue::{Enqueued, NewTask, PushEntry};
+use anyhow::Context;
 use clap::Args;
 
-use crate::Fleet;
+use crate::{Fleet, usage};
+
+/// Longest idempotency key (it becomes part of a Redis key name).
+const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
 
 #[derive(Args)]
 pub struct EnqueueArgs {
@@ -34,9 +37,48 @@ pub struct EnqueueArgs {
     #[arg(long = "meta", value_parser = parse_meta)]
     metadata: Vec<(String, String)>,
 
-    /// A key that makes a retried enqueue of the same task a no-op (single task only).
-    #[arg(long)]
+    /// A key that makes a retried enqueue of the same task a no-op (single task only): a
+    /// repeat prints the first task's id and writes nothing, while that task's record lives.
+    #[arg(long, conflicts_with_all = ["file", "count"])]
     idempotency_key: Option<String>,
+
+    /// Largest prompt, in bytes.
+    #[arg(long, env = "AGENTFLEET_MAX_PROMPT_BYTES", default_value_t = Limits::DEFAULT_MAX_PROMPT_BYTES)]
+    max_prompt_bytes: usize,
+
+    /// Largest line of a --file, in bytes.
+    #[arg(long, env = "AGENTFLEET_MAX_LINE_BYTES", default_value_t = 2 * 1024 * 1024)]
+    max_line_bytes: usize,
+
+    /// Most metadata entries of one task.
+    #[arg(long, env = "AGENTFLEET_MAX_METADATA_ENTRIES", default_value_t = Limits::DEFAULT_MAX_METADATA_ENTRIES)]
+    max_metadata_entries: usize,
+
+    /// Largest metadata entry, key plus value, in bytes.
+    #[arg(long, env = "AGENTFLEET_MAX_METADATA_ENTRY_BYTES", default_value_t = Limits::DEFAULT_MAX_METADATA_ENTRY_BYTES)]
+    max_metadata_entry_bytes: usize,
+}
+
+impl EnqueueArgs {
+    fn limits(&self) -> Limits {
+        Limits {
+            max_prompt_bytes: self.max_prompt_bytes,
+            max_metadata_entries: self.max_metadata_entries,
+            max_metadata_entry_bytes: self.max_metadata_entry_bytes,
+            ..Limits::default()
+        }
+    }
+}
+
+/// A task's prompt and metadata against the limits: a usage error naming `at`.
+fn check(spec: &TaskSpec, limits: &Limits, at: &str) -> anyhow::Result<()> {
+    if spec.prompt.trim().is_empty() {
+        return Err(usage!("{at}prompt is empty"));
+    }
+    limits
+        .check_prompt(&spec.prompt)
+        .and_then(|()| limits.check_metadata(&spec.metadata))
+        .map_err(|e| usage!("{at}{e}"))
 }
 
 fn parse_meta(s: &str) -> Result<(String, String), String> {
@@ -77,38 +119,74 @@ pub(crate) fn new_task(spec: TaskSpec, idempotency_key: Option<String>) -> NewTa
 }
 
 /// Reads and checks every line first: a bad line is reported with its number and nothing
-/// is enqueued.
-fn read_jsonl(path: &PathBuf) -> anyhow::Result<Vec<TaskSpec>> {
+/// is enqueued. A line longer than `max_line` is refused without being read whole.
+fn read_jsonl(path: &PathBuf, limits: &Limits, max_line: usize) -> anyhow::Result<Vec<TaskSpec>> {
     let file =
-        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        std::fs::File::open(path).map_err(|e| usage!("cannot open {}: {e}", path.display()))?;
+    let mut reader = std::io::BufReader::new(file);
     let mut specs = Vec::new();
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let n = i + 1;
-        let line = line.with_context(|| format!("{}:{n}: cannot read line", path.display()))?;
+    let mut buf = Vec::new();
+    for n in 1.. {
+        buf.clear();
+        // One byte over the limit is enough to know the line is too long.
+        let read = (&mut reader)
+            .take(max_line as u64 + 1)
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| usage!("{}:{n}: cannot read: {e}", path.display()))?;
+        if read == 0 {
+            break;
+        }
+        if buf.last() == Some(&b'\n') {
+            buf.pop();
+        } else if buf.len() > max_line {
+            let mut rest = 0u64;
+            loop {
+                let chunk = reader
+                    .fill_buf()
+                    .map_err(|e| usage!("{}:{n}: cannot read: {e}", path.display()))?;
+                if chunk.is_empty() {
+                    break;
+                }
+                match chunk.iter().position(|&b| b == b'\n') {
+                    Some(i) => {
+                        rest += i as u64;
+                        break;
+                    }
+                    None => {
+                        rest += chunk.len() as u64;
+                        let len = chunk.len();
+                        reader.consume(len);
+                    }
+                }
+            }
+            return Err(usage!(
+                "{}:{n}: line is {} bytes, over the limit of {max_line} (--max-line-bytes)",
+                path.display(),
+                buf.len() as u64 + rest
+            ));
+        }
+        let at = format!("{}:{n}: ", path.display());
+        let line = std::str::from_utf8(&buf).map_err(|_| usage!("{at}not UTF-8"))?;
         if line.trim().is_empty() {
             continue;
         }
-        let spec: TaskSpec = serde_json::from_str(&line).with_context(|| {
-            format!(
-                "{}:{n}: not a task (want {{\"prompt\": \"...\", \"metadata\": {{...}}}})",
-                path.display()
-            )
+        let spec: TaskSpec = serde_json::from_str(line).map_err(|e| {
+            usage!("{at}not a task ({e}); want {{\"prompt\": \"...\", \"metadata\": {{...}}}}")
         })?;
-        if spec.prompt.trim().is_empty() {
-            bail!("{}:{n}: prompt is empty", path.display());
-        }
+        check(&spec, limits, &at)?;
         specs.push(spec);
     }
     if specs.is_empty() {
-        bail!("{}: no tasks in file", path.display());
+        return Err(usage!("{}: no tasks in file", path.display()));
     }
     Ok(specs)
 }
 
 pub async fn run(fleet: &Fleet, args: EnqueueArgs) -> anyhow::Result<ExitCode> {
-    let queue = fleet.entry_queue()?;
+    let limits = args.limits();
     if let Some(path) = &args.file {
-        let specs = read_jsonl(path)?;
+        let specs = read_jsonl(path, &limits, args.max_line_bytes)?;
+        let queue = fleet.entry_queue()?;
         let tasks: Vec<NewTask> = specs.into_iter().map(|s| new_task(s, None)).collect();
         queue
             .enqueue_tasks(&fleet.store, &tasks)
@@ -122,28 +200,45 @@ pub async fn run(fleet: &Fleet, args: EnqueueArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(count) = args.count {
         let prompt = args.prompt_text.unwrap_or_default();
-        return load(fleet, &queue, count, &prompt).await;
+        let spec = TaskSpec {
+            prompt,
+            metadata: BTreeMap::new(),
+        };
+        check(&spec, &limits, "")?;
+        let queue = fleet.entry_queue()?;
+        return load(fleet, &queue, count, &spec.prompt).await;
     }
     let Some(prompt) = args.prompt.or(args.prompt_text) else {
-        bail!("give a PROMPT, --file FILE, or --count N --prompt P");
+        return Err(usage!(
+            "give a PROMPT, --file FILE, or --count N --prompt P"
+        ));
     };
-    if prompt.trim().is_empty() {
-        bail!("prompt is empty");
-    }
     let spec = TaskSpec {
         prompt,
         metadata: args.metadata.into_iter().collect::<BTreeMap<_, _>>(),
     };
-    let task = new_task(spec, args.idempotency_key);
-    let pushed = queue
-        .enqueue_tasks(&fleet.store, std::slice::from_ref(&task))
-        .await
-        .context("enqueue failed")?;
-    if pushed == 0 {
-        eprintln!("agentfleet: idempotency key already used; nothing enqueued");
-        return Ok(ExitCode::FAILURE);
+    check(&spec, &limits, "")?;
+    if let Some(key) = &args.idempotency_key
+        && (key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_BYTES)
+    {
+        return Err(usage!(
+            "--idempotency-key must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} bytes"
+        ));
     }
-    println!("{}", task.task_id);
+    let queue = fleet.entry_queue()?;
+    let task = new_task(spec, args.idempotency_key);
+    let id = match queue
+        .enqueue_idempotent(&fleet.store, &task)
+        .await
+        .context("enqueue failed")?
+    {
+        Enqueued::New(id) => id,
+        Enqueued::Existing(id) => {
+            eprintln!("agentfleet: idempotency key already used by task {id}; nothing enqueued");
+            id
+        }
+    };
+    println!("{id}");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,13 +1,15 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use agentfleet_job::{TaskRecord, TaskStatus};
+use agentfleet_job::{TaskRecord, TaskStatus, exit};
 use anyhow::Context;
 
-use crate::Fleet;
+use crate::{Fleet, NotFound};
 
 fn not_found(id: &str) -> anyhow::Error {
-    anyhow::anyhow!("task {id} not found: never enqueued in this namespace, or its record expired")
+    anyhow::Error::new(NotFound(format!(
+        "task {id} not found: never enqueued in this namespace, or its record expired"
+    )))
 }
 
 pub async fn status(fleet: &Fleet, id: &str, json: bool) -> anyhow::Result<ExitCode> {
@@ -103,11 +105,11 @@ pub async fn wait(
                     );
                 }
             }
-            return Ok(if any_dead {
-                ExitCode::from(1)
+            return Ok(ExitCode::from(if any_dead {
+                exit::TASK_DEAD
             } else {
-                ExitCode::SUCCESS
-            });
+                exit::OK
+            }));
         }
         if let Some(limit) = timeout
             && started.elapsed() >= limit
@@ -119,7 +121,7 @@ pub async fn wait(
                 .map(|(id, s)| format!("{id} ({})", s.map(|s| s.as_str()).unwrap_or("?")))
                 .collect::<Vec<_>>();
             eprintln!("agentfleet: timed out waiting for {}", open.join(", "));
-            return Ok(ExitCode::from(2));
+            return Ok(ExitCode::from(exit::TIMED_OUT));
         }
         tokio::time::sleep(poll).await;
         poll = (poll * 2).min(Duration::from_millis(250));

@@ -9,9 +9,27 @@ mod inspect;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use agentfleet_queue::{ConnectOptions, Namespace, Queue, TaskStore, connect};
-use anyhow::Context;
+use agentfleet_job::exit;
+use agentfleet_queue::{
+    ConnectOptions, Namespace, Queue, QueueError, RedisArgs, TaskStore, connect,
+};
 use clap::{Parser, Subcommand};
+
+/// A usage error: bad flags or values, a bad input file, input over a limit (exit 64).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Usage(pub String);
+
+/// An id that does not exist (exit 3).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NotFound(pub String);
+
+/// Shorthand: `Err(usage!(...))`.
+#[macro_export]
+macro_rules! usage {
+    ($($t:tt)*) => { anyhow::Error::new($crate::Usage(format!($($t)*))) };
+}
 
 #[derive(Parser)]
 #[command(
@@ -20,14 +38,8 @@ use clap::{Parser, Subcommand};
     about = "Enqueue agent tasks and watch them run on an agentfleet fleet"
 )]
 struct Cli {
-    /// Redis the fleet runs on.
-    #[arg(
-        long,
-        global = true,
-        env = "REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
-    )]
-    redis_url: String,
+    #[command(flatten)]
+    redis: RedisArgs,
 
     /// Key prefix of the fleet (as given to its workers).
     #[arg(
@@ -75,7 +87,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Block until tasks finish. Exit 0 when all are done, 1 if any is dead, 2 on timeout.
+    /// Block until tasks finish. Exit 0 when all are done, 1 if any is dead, 2 on timeout,
+    /// 3 if an id is unknown.
     Wait {
         #[arg(required = true)]
         ids: Vec<String>,
@@ -109,25 +122,34 @@ pub struct Fleet {
 
 impl Fleet {
     pub fn queue(&self, role: &str) -> anyhow::Result<Queue> {
-        anyhow::ensure!(
-            self.roles.iter().any(|r| r == role),
-            "unknown role {role:?}: this fleet's roles are {}",
-            self.roles.join(", ")
-        );
-        Ok(Queue::new(self.conn.clone(), &self.namespace, role)?)
+        if !self.roles.iter().any(|r| r == role) {
+            return Err(usage!(
+                "unknown role {role:?}: this fleet's roles are {}",
+                self.roles.join(", ")
+            ));
+        }
+        Ok(Queue::new(self.conn.clone(), &self.namespace, role)?
+            .with_idempotency_ttl(self.store.ttl()))
     }
 
     /// The role that receives new tasks.
     pub fn entry_queue(&self) -> anyhow::Result<Queue> {
-        let first = self.roles.first().context("--roles is empty")?;
+        let first = self
+            .roles
+            .first()
+            .ok_or_else(|| usage!("--roles is empty"))?;
         self.queue(first)
     }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let namespace = Namespace::new(&cli.namespace)?;
-    let conn = connect(&cli.redis_url, &ConnectOptions::default())
-        .with_context(|| format!("cannot use redis at {}", cli.redis_url))?;
+    let namespace = Namespace::new(&cli.namespace).map_err(|e| usage!("--namespace: {e}"))?;
+    if cli.redis.tls_insecure {
+        eprintln!(
+            "agentfleet: WARNING: --redis-tls-insecure: Redis's certificate is not verified (development only)"
+        );
+    }
+    let conn = connect(&cli.redis, &ConnectOptions::default())?;
     let fleet = Fleet {
         store: TaskStore::new(
             conn.clone(),
@@ -148,18 +170,60 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Queues { json } => inspect::queues(&fleet, json).await,
         Command::Dlq(cmd) => dlq::run(&fleet, cmd).await,
         // The bench makes its own namespaces (and its own Redis when none answers).
-        Command::Bench(args) => bench::run(&cli.redis_url, args).await,
+        Command::Bench(args) => bench::run(&cli.redis, args).await,
     }
+}
+
+/// The exit code for an error (README, "Exit codes"): the first cause that says.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if cause.is::<Usage>() || cause.is::<agentfleet_queue::InvalidName>() {
+            return exit::USAGE;
+        }
+        if cause.is::<NotFound>() {
+            return exit::NOT_FOUND;
+        }
+        if cause.is::<redis::RedisError>() {
+            return exit::REDIS_UNAVAILABLE;
+        }
+        if let Some(q) = cause.downcast_ref::<QueueError>() {
+            return match q {
+                QueueError::Redis(_) => exit::REDIS_UNAVAILABLE,
+                QueueError::Config(_) | QueueError::InvalidName(_) => exit::USAGE,
+                QueueError::NotFound(_) => exit::NOT_FOUND,
+                QueueError::Corrupt { .. } => exit::INTERNAL,
+            };
+        }
+    }
+    exit::INTERNAL
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // clap's own usage code is 2, which here means "timed out".
+            return ExitCode::from(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            });
+        }
+    };
+    let url = cli.redis.url.clone();
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("agentfleet: {e:#}");
-            ExitCode::FAILURE
+            let code = exit_code(&e);
+            if code == exit::REDIS_UNAVAILABLE {
+                // Say where, without the password.
+                eprintln!("agentfleet: {e:#} (Redis at {url})");
+            } else {
+                eprintln!("agentfleet: {e:#}");
+            }
+            ExitCode::from(code)
         }
     }
 }

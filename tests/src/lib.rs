@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agentfleet_job::{TaskRecord, TaskStatus};
+use agentfleet_queue::RedisArgs;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -63,6 +64,8 @@ pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
 pub struct Fleet {
     pub namespace: String,
     pub redis_url: String,
+    /// How every process of the fleet reaches Redis (URL and TLS files).
+    pub redis: RedisArgs,
     client: redis::Client,
 }
 
@@ -72,16 +75,28 @@ impl Fleet {
     }
 
     pub fn on(test: &str, redis_url: &str) -> Self {
+        Self::with(test, RedisArgs::plain(redis_url))
+    }
+
+    /// A fleet whose processes reach Redis with `redis` (TLS, an ACL user...). The test's
+    /// own connection (for reading keys and cleaning up) uses it too.
+    pub fn with(test: &str, redis: RedisArgs) -> Self {
         let suffix: String = std::iter::repeat_with(fastrand::alphanumeric)
             .take(6)
             .collect();
         let namespace = format!("t-{test}-{suffix}");
-        let client = redis::Client::open(redis_url).expect("redis url");
+        let client = redis.client().expect("usable redis options");
         Self {
             namespace,
-            redis_url: redis_url.to_owned(),
+            redis_url: redis.url.expose_secret().to_owned(),
+            redis,
             client,
         }
+    }
+
+    /// The test's own Redis client (the fleet's options).
+    pub fn client(&self) -> &redis::Client {
+        &self.client
     }
 
     pub fn conn(&self) -> redis::Connection {
@@ -92,10 +107,16 @@ impl Fleet {
 
     /// Runs `agentfleet` with this fleet's Redis and namespace.
     pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_with(args, &[])
+    }
+
+    /// Runs `agentfleet` with extra environment variables.
+    pub fn cli_with(&self, args: &[&str], envs: &[(&str, &str)]) -> Output {
         Command::new(bin("agentfleet"))
             .args(args)
-            .env("REDIS_URL", &self.redis_url)
+            .envs(self.redis.to_env())
             .env("AGENTFLEET_NAMESPACE", &self.namespace)
+            .envs(envs.iter().copied())
             .output()
             .expect("run agentfleet")
     }
@@ -161,9 +182,33 @@ impl Fleet {
         serde_json::from_str(&self.cli_ok(&["queues", "--json"])).expect("queues --json")
     }
 
+    /// The counts once every role's queue is idle (nothing pending, in flight or
+    /// scheduled). A task's record says `done` a moment before its entry is acknowledged
+    /// (acks are batched), so counters read right after the records may lag.
+    pub fn settled_counts(&self) -> serde_json::Value {
+        let idle = |counts: &serde_json::Value| {
+            counts.as_array().is_some_and(|roles| {
+                roles
+                    .iter()
+                    .all(|r| r["pending"] == 0 && r["in_flight"] == 0 && r["scheduled"] == 0)
+            })
+        };
+        let mut counts = self.queue_counts();
+        let start = Instant::now();
+        while !idle(&counts) && start.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(50));
+            counts = self.queue_counts();
+        }
+        counts
+    }
+
     /// Every key under the namespace.
     pub fn keys(&self) -> Vec<String> {
-        let mut conn = self.conn();
+        self.try_keys().expect("scan the namespace")
+    }
+
+    fn try_keys(&self) -> redis::RedisResult<Vec<String>> {
+        let mut conn = self.client.get_connection()?;
         let mut keys: Vec<String> = Vec::new();
         for pattern in [
             format!("{}:*", self.namespace),
@@ -176,11 +221,10 @@ impl Fleet {
                 .arg("COUNT")
                 .arg(1000)
                 .clone()
-                .iter(&mut conn)
-                .expect("scan");
+                .iter(&mut conn)?;
             keys.extend(iter.filter_map(Result::ok));
         }
-        keys
+        Ok(keys)
     }
 
     pub fn worker(&self, role: &str) -> WorkerBuilder<'_> {
@@ -196,7 +240,8 @@ impl Fleet {
 
 impl Drop for Fleet {
     fn drop(&mut self) {
-        let keys = self.keys();
+        // Quietly: a fleet of a restricted user (or an unreachable Redis) may not scan.
+        let keys = self.try_keys().unwrap_or_default();
         if let Ok(mut conn) = self.client.get_connection() {
             for chunk in keys.chunks(500) {
                 let _: redis::RedisResult<()> = redis::cmd("DEL").arg(chunk).query(&mut conn);
@@ -233,7 +278,21 @@ impl WorkerBuilder<'_> {
         self
     }
 
+    /// Starts the worker and waits for its /healthz.
     pub fn spawn(self) -> Worker {
+        let worker = self.start();
+        assert!(
+            wait_until(Duration::from_secs(10), || worker.http_status("/healthz")
+                == Some(200)),
+            "{} worker did not come up:\n{}",
+            worker.role,
+            worker.log()
+        );
+        worker
+    }
+
+    /// Starts the worker without waiting for anything (for workers expected to stop).
+    pub fn start(self) -> Worker {
         let port = free_port();
         let binary = bin(&format!("{}-worker", self.role));
         let mut cmd = match self.wrapper.split_first() {
@@ -246,7 +305,7 @@ impl WorkerBuilder<'_> {
         };
         cmd.args(["--metrics-addr", &format!("127.0.0.1:{port}")])
             .args(&self.args)
-            .env("REDIS_URL", &self.fleet.redis_url)
+            .envs(self.fleet.redis.to_env())
             .env("AGENTFLEET_NAMESPACE", &self.fleet.namespace)
             .env("RUST_LOG", "info")
             .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -265,20 +324,12 @@ impl WorkerBuilder<'_> {
                 }
             });
         }
-        let worker = Worker {
+        Worker {
             child,
             port,
             log,
             role: self.role,
-        };
-        assert!(
-            wait_until(Duration::from_secs(10), || worker.http_status("/healthz")
-                == Some(200)),
-            "{} worker did not come up:\n{}",
-            worker.role,
-            worker.log()
-        );
-        worker
+        }
     }
 }
 
@@ -381,15 +432,26 @@ pub struct PrivateRedis {
     pub port: u16,
     dir: PathBuf,
     extra_args: Vec<String>,
+    /// The default user's password (`requirepass`), if any.
+    password: Option<String>,
 }
 
 impl PrivateRedis {
     pub fn start() -> Self {
-        Self::start_with(&[])
+        Self::launch(None, &[])
     }
 
     /// With more `redis-server` arguments, e.g. `["--enable-debug-command", "local"]`.
     pub fn start_with(extra_args: &[&str]) -> Self {
+        Self::launch(None, extra_args)
+    }
+
+    /// A private Redis whose default user needs `password`.
+    pub fn start_with_password(password: Option<&str>) -> Self {
+        Self::launch(password, &[])
+    }
+
+    fn launch(password: Option<&str>, extra_args: &[&str]) -> Self {
         let port = free_port();
         let dir = tempdir();
         let mut redis = Self {
@@ -397,20 +459,41 @@ impl PrivateRedis {
             port,
             dir,
             extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
+            password: password.map(str::to_owned),
         };
         redis.restart();
         redis
     }
 
-    /// A connection to this server.
+    /// A connection to this server, as its administrator.
     pub fn conn(&self) -> redis::Connection {
         redis::Client::open(self.url())
             .and_then(|c| c.get_connection())
             .expect("private redis reachable")
     }
 
+    /// The administrator's URL (the default user, with its password if it has one).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// The URL of another user of this server.
+    pub fn user_url(&self, user: &str, password: &str) -> String {
+        format!("redis://{user}:{password}@127.0.0.1:{}", self.port)
+    }
+
+    /// Runs one command as the administrator, e.g. `ACL SETUSER ...`.
+    pub fn admin(&self, args: &[&str]) -> redis::RedisResult<redis::Value> {
+        let client = redis::Client::open(self.url())?;
+        let mut conn = client.get_connection()?;
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query(&mut conn)
     }
 
     /// Starts the server (again), with the data it had.
@@ -425,6 +508,11 @@ impl PrivateRedis {
                 "--save",
                 "",
             ])
+            .args(
+                self.password
+                    .iter()
+                    .flat_map(|p| ["--requirepass".to_owned(), p.clone()]),
+            )
             .arg("--dir")
             .arg(&self.dir)
             .args(&self.extra_args)
@@ -469,4 +557,255 @@ fn redis_server() -> PathBuf {
         }
     }
     PathBuf::from("redis-server")
+}
+
+/// Test certificates made with `openssl` in a temporary directory: a CA, a server
+/// certificate for 127.0.0.1 and localhost signed by it, a client certificate signed by it,
+/// and a second CA that signed nothing of this server's ("the wrong CA").
+pub struct Certs {
+    pub dir: PathBuf,
+}
+
+impl Certs {
+    pub fn generate() -> Self {
+        let dir = tempdir();
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .output()
+                .expect("openssl is installed");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        for ca in ["ca", "wrong-ca"] {
+            let key = format!("{ca}.key");
+            let crt = format!("{ca}.crt");
+            let subj = format!("/CN=agentfleet test {ca}");
+            let mut args = vec!["req", "-x509", "-days", "2", "-subj", &subj];
+            args.extend(ec);
+            args.extend(["-keyout", &key, "-out", &crt]);
+            args.extend(["-addext", "basicConstraints=critical,CA:TRUE"]);
+            args.extend(["-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
+            run(&args);
+        }
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("write server.ext");
+        std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n")
+            .expect("write client.ext");
+        for (name, subj) in [
+            ("server", "/CN=127.0.0.1"),
+            ("client", "/CN=agentfleet-worker"),
+        ] {
+            let key = format!("{name}.key");
+            let csr = format!("{name}.csr");
+            let crt = format!("{name}.crt");
+            let ext = format!("{name}.ext");
+            let mut args = vec!["req", "-new", "-subj", subj];
+            args.extend(ec);
+            args.extend(["-keyout", &key, "-out", &csr]);
+            run(&args);
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-out",
+                &crt,
+                "-extfile",
+                &ext,
+            ]);
+        }
+        Self { dir }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+impl Drop for Certs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A private redis-server that speaks only TLS (`--port 0 --tls-port P`), with the
+/// certificates of `certs`; with `mutual`, it requires a client certificate signed by the
+/// CA. Killed on drop.
+pub struct TlsRedis {
+    child: Child,
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl TlsRedis {
+    pub fn start(certs: &Certs, mutual: bool) -> Self {
+        let port = free_port();
+        let dir = tempdir();
+        let child = Command::new(redis_server())
+            .args([
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .arg("--tls-cert-file")
+            .arg(certs.path("server.crt"))
+            .arg("--tls-key-file")
+            .arg(certs.path("server.key"))
+            .arg("--tls-ca-cert-file")
+            .arg(certs.path("ca.crt"))
+            .args(["--tls-auth-clients", if mutual { "yes" } else { "no" }])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server with TLS");
+        let redis = Self { child, port, dir };
+        let mut admin = redis.args(certs);
+        if mutual {
+            admin = redis.mutual_args(certs);
+        }
+        assert!(
+            wait_until(Duration::from_secs(10), || {
+                admin
+                    .client()
+                    .and_then(|c| Ok(c.get_connection()?))
+                    .and_then(|mut c| Ok(redis::cmd("PING").query::<String>(&mut c)?))
+                    .is_ok()
+            }),
+            "redis-server with TLS did not start (is it built with TLS?)"
+        );
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.port)
+    }
+
+    /// Server-only TLS: trust the test CA.
+    pub fn args(&self, certs: &Certs) -> RedisArgs {
+        let mut args = RedisArgs::plain(self.url());
+        args.ca_file = Some(certs.path("ca.crt"));
+        args
+    }
+
+    /// Mutual TLS: trust the test CA and present the client certificate.
+    pub fn mutual_args(&self, certs: &Certs) -> RedisArgs {
+        let mut args = self.args(certs);
+        args.client_cert = Some(certs.path("client.crt"));
+        args.client_key = Some(certs.path("client.key"));
+        args
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A fake OpenAI-compatible provider on loopback that answers every Chat Completions call
+/// with `answer` and counts the calls. Serves until the test process ends.
+pub struct FakeProvider {
+    pub port: u16,
+    calls: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FakeProvider {
+    pub fn start(answer: String) -> Self {
+        use std::io::{Read, Write};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind fake provider");
+        let port = listener.local_addr().expect("local addr").port();
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = calls.clone();
+        let body = serde_json::json!({
+            "id": "chatcmpl-test",
+            "object": "chat.completion",
+            "created": 1741569952,
+            "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}
+        })
+        .to_string();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let body = body.clone();
+                std::thread::spawn(move || {
+                    // Read the head, then as many body bytes as it announces.
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 8192];
+                    let head_end = loop {
+                        let Ok(n) = stream.read(&mut chunk) else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    while buf.len() < head_end + length {
+                        match stream.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let _ = write!(
+                        stream,
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                });
+            }
+        });
+        Self { port, calls }
+    }
+
+    /// Connections made to it: each is one provider call (it closes every connection).
+    pub fn calls(&self) -> usize {
+        self.calls.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
 }

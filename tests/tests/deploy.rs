@@ -1,7 +1,7 @@
 //! The deployment files agree with the binaries: the chart renders what operators expect,
 //! and neither compose nor the chart sets a variable the workers would not read.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -165,6 +165,9 @@ fn the_chart_sets_only_variables_the_workers_read() {
         "roles.reasoning.model=m",
         "roles.reasoning.baseUrl=http://b",
         "roles.reasoning.systemPrompt=s",
+        "redis.tls.caSecret=ca",
+        "redis.tls.clientSecret=client",
+        "redis.tls.insecure=true",
     ]);
     let config = find(&docs, "ConfigMap", "af-agentfleet");
     for key in config["data"].as_mapping().unwrap().keys() {
@@ -183,4 +186,81 @@ fn the_chart_sets_only_variables_the_workers_read() {
             "the Deployment sets {name}, which no worker flag reads"
         );
     }
+}
+
+#[test]
+fn the_chart_mounts_redis_tls_secrets_and_points_the_flags_at_them() {
+    let docs = render(&[
+        "redis.url=rediss://redis:6380",
+        "redis.tls.caSecret=redis-ca",
+        "redis.tls.clientSecret=redis-client",
+        "networkPolicy.enabled=true",
+    ]);
+    let pod = &find(&docs, "Deployment", "af-agentfleet-synthesis")["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let env: BTreeMap<&str, &str> = container["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|v| Some((v["name"].as_str()?, v["value"].as_str()?)))
+        .collect();
+    let mounts: Vec<(&str, &str)> = container["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap(),
+                m["mountPath"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let volumes: BTreeMap<&str, &str> = pod["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["name"].as_str().unwrap(),
+                v["secret"]["secretName"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    for (var, volume, secret) in [
+        ("AGENTFLEET_REDIS_CA_FILE", "redis-ca", "redis-ca"),
+        (
+            "AGENTFLEET_REDIS_CLIENT_CERT",
+            "redis-client",
+            "redis-client",
+        ),
+        (
+            "AGENTFLEET_REDIS_CLIENT_KEY",
+            "redis-client",
+            "redis-client",
+        ),
+    ] {
+        let path = env[var];
+        let (_, dir) = mounts.iter().find(|(n, _)| *n == volume).unwrap();
+        assert!(path.starts_with(dir), "{var}={path} is not under {dir}");
+        assert_eq!(volumes[volume], secret);
+    }
+    assert!(!env.contains_key("AGENTFLEET_REDIS_TLS_INSECURE"));
+    let policy = find(&docs, "NetworkPolicy", "af-agentfleet");
+    let ingress = policy["spec"]["ingress"].as_sequence().unwrap();
+    assert_eq!(
+        ingress.len(),
+        1,
+        "one ingress rule: Prometheus to the metrics port"
+    );
+    assert_eq!(ingress[0]["ports"][0]["port"], "metrics");
+    let egress_ports: Vec<u64> = policy["spec"]["egress"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r["ports"].as_sequence().unwrap().iter())
+        .filter_map(|p| p["port"].as_u64())
+        .collect();
+    assert_eq!(egress_ports, [53, 53, 6379, 443]);
+    // Off by default.
+    assert!(!render(&[]).iter().any(|d| d["kind"] == "NetworkPolicy"));
 }

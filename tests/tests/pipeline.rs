@@ -33,7 +33,7 @@ fn two_hundred_tasks_flow_through_both_roles() {
     let out = fleet.cli(&["wait", &ids[0], "--timeout", "5"]);
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("[mock"));
-    let counts = fleet.queue_counts();
+    let counts = fleet.settled_counts();
     assert_eq!(counts[0]["done"], 200);
     assert_eq!(counts[1]["done"], 200);
     assert_eq!(counts[0]["pending"], 0);
@@ -90,7 +90,7 @@ fn status_of_an_unknown_id_is_a_clear_error() {
     for id in ["01JAAAAAAAAAAAAAAAAAAAAAAA", "not-a-ulid"] {
         let out = fleet.cli(&["status", id]);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert_eq!(out.status.code(), Some(3), "{stderr}");
         assert!(stderr.contains("not found"), "{stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
     }

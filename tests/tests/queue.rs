@@ -9,7 +9,7 @@ use agentfleet_job::{Envelope, ErrorClass};
 use agentfleet_queue::{ConnectOptions, DeadLetter, Namespace, PushEntry, Queue, connect};
 
 fn queue(fleet: &Fleet, role: &str) -> Queue {
-    let conn = connect(&fleet.redis_url, &ConnectOptions::default()).expect("connect");
+    let conn = connect(&fleet.redis, &ConnectOptions::default()).expect("connect");
     Queue::new(conn, &Namespace::new(&fleet.namespace).unwrap(), role).unwrap()
 }
 

@@ -112,7 +112,7 @@ fn permanent_failures_are_dead_lettered_at_once_and_replay_brings_them_back() {
     assert!(wait_until(Duration::from_secs(20), || fleet
         .count_status(&ids, TaskStatus::Done)
         == 20));
-    let counts = fleet.queue_counts();
+    let counts = fleet.settled_counts();
     assert_eq!(counts[0]["dead"], 0);
     assert_eq!(
         counts[0]["done"], 20,
@@ -187,7 +187,7 @@ fn kill_9_loses_nothing_and_chains_once() {
         "recovered all 40 jobs {:?} after kill -9 (lease 2 s)",
         killed_at.elapsed()
     );
-    let counts = fleet.queue_counts();
+    let counts = fleet.settled_counts();
     assert_eq!(counts[0]["recovered"], 40);
     assert_eq!(
         counts[1]["done"], 40,
@@ -391,7 +391,7 @@ fn a_reasoning_rerun_after_chaining_creates_no_second_synthesis_job() {
     // A late synthesis re-run does not overwrite the answer.
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(fleet.record(&ids[0]).answer, answer);
-    assert_eq!(fleet.queue_counts()[1]["done"], 1);
+    assert_eq!(fleet.settled_counts()[1]["done"], 1);
 }
 
 #[test]

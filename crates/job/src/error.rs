@@ -16,6 +16,9 @@ pub enum JobError {
     /// Trying again cannot help: the job is dead-lettered at once.
     #[error("permanent: {message}")]
     Permanent { message: String },
+    /// The input is over a size limit: dead-lettered at once, nothing else is tried.
+    #[error("too large: {message}")]
+    TooLarge { message: String },
 }
 
 impl JobError {
@@ -36,19 +39,22 @@ impl JobError {
         match self {
             Self::Transient { .. } => ErrorClass::Transient,
             Self::Permanent { .. } => ErrorClass::Permanent,
+            Self::TooLarge { .. } => ErrorClass::TooLarge,
         }
     }
 
     pub fn message(&self) -> &str {
         match self {
-            Self::Transient { message, .. } | Self::Permanent { message } => message,
+            Self::Transient { message, .. }
+            | Self::Permanent { message }
+            | Self::TooLarge { message } => message,
         }
     }
 
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Transient { retry_after, .. } => *retry_after,
-            Self::Permanent { .. } => None,
+            Self::Permanent { .. } | Self::TooLarge { .. } => None,
         }
     }
 }
@@ -65,6 +71,8 @@ pub enum ErrorClass {
     Decode,
     /// Its worker died (stopped heartbeating) while running it, on its last allowed attempt.
     Crash,
+    /// The entry (or its prompt or metadata) is over the worker's size limits.
+    TooLarge,
 }
 
 impl fmt::Display for ErrorClass {
@@ -74,6 +82,7 @@ impl fmt::Display for ErrorClass {
             Self::Permanent => "permanent",
             Self::Decode => "decode",
             Self::Crash => "crash",
+            Self::TooLarge => "too_large",
         })
     }
 }

@@ -7,12 +7,15 @@
 
 mod envelope;
 mod error;
+pub mod exit;
+mod limits;
 mod record;
 mod task;
 mod trace;
 
 pub use envelope::{DecodeError, ENVELOPE_VERSION, Envelope, peek_id};
 pub use error::{ErrorClass, JobError};
+pub use limits::{LimitError, Limits};
 pub use record::{StageRecord, TaskRecord, TaskStatus, TokenUsage};
 pub use task::{ReasoningJob, SynthesisJob, TaskId, TaskSpec};
 pub use trace::TraceContext;

@@ -23,9 +23,11 @@ pub use backend::{
     Delivery, Disposition, FailurePolicy, JobFailure, RedisBackend, WorkerHandle, WorkerOptions,
     WorkerStatus,
 };
-pub use connection::{ConnectOptions, connect};
+pub use connection::{ConnectOptions, RedisArgs, RedisUrl, check_access, connect};
 pub use dead_letter::DeadLetter;
 pub use error::QueueError;
 pub use keys::{InvalidName, Namespace, QueueKeys};
-pub use queue::{Fetched, NewTask, PushEntry, Queue, QueueCounts, RecoveryReport, unreadable_id};
+pub use queue::{
+    Enqueued, Fetched, NewTask, PushEntry, Queue, QueueCounts, RecoveryReport, unreadable_id,
+};
 pub use store::{StageFinish, StageStart, TaskStore};

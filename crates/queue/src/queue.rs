@@ -162,6 +162,48 @@ impl Queue {
         Ok(pushed)
     }
 
+    /// Creates one task guarded by its idempotency key (`task.push.idempotency_key`): when
+    /// the key is in use, nothing is written and the id of the task that holds it is
+    /// returned. The key holds the task id and lives as long as the record
+    /// ([`Queue::with_idempotency_ttl`]).
+    pub async fn enqueue_idempotent(
+        &self,
+        store: &TaskStore,
+        task: &NewTask,
+    ) -> Result<Enqueued, QueueError> {
+        let Some(key) = task.push.idempotency_key.as_deref() else {
+            return Ok(
+                match self
+                    .enqueue_tasks(store, std::slice::from_ref(task))
+                    .await?
+                {
+                    0 => Enqueued::Existing(task.task_id.clone()),
+                    _ => Enqueued::New(task.task_id.clone()),
+                },
+            );
+        };
+        let mut conn = self.conn.clone();
+        let idem = self.keys.idempotency(key);
+        // The usual repeat: the key is there, so nothing is written at all.
+        if let Some(existing) = conn.get::<_, Option<String>>(&idem).await? {
+            return Ok(Enqueued::Existing(existing));
+        }
+        if self
+            .enqueue_tasks(store, std::slice::from_ref(task))
+            .await?
+            == 1
+        {
+            return Ok(Enqueued::New(task.task_id.clone()));
+        }
+        // Another enqueue with the same key won the race between our read and our push: the
+        // record we wrote guards nothing; remove it and name the winner.
+        let _: () = conn.del(store.key(&task.task_id)).await?;
+        let existing: Option<String> = conn.get(&idem).await?;
+        Ok(Enqueued::Existing(
+            existing.unwrap_or_else(|| task.task_id.clone()),
+        ))
+    }
+
     /// Adds the push of `chunk` to `pipe`. Returns the entries pushed when that is known
     /// without a reply: without idempotency keys (`guarded` false) it is a plain `LPUSH` (no
     /// script to run, the cheaper command on the enqueue hot path), whose reply is ignored;
@@ -205,6 +247,9 @@ impl Queue {
             );
         }
         cmd.arg(ttl.as_millis() as u64);
+        for e in &guarded {
+            cmd.arg(entry_id(&e.entry));
+        }
         guarded.extend(unguarded);
         for e in guarded {
             cmd.arg(&e.entry);
@@ -225,6 +270,9 @@ impl Queue {
             );
         }
         inv.arg(ttl.as_millis() as u64);
+        for e in &guarded {
+            inv.arg(entry_id(&e.entry));
+        }
         guarded.extend(chunk.iter().filter(|e| e.idempotency_key.is_none()));
         for e in guarded {
             inv.arg(&e.entry);
@@ -670,6 +718,27 @@ async fn send_push_pipeline(
         Err(e) => return Err(e.into()),
     };
     Ok(counts.iter().sum())
+}
+
+/// What [`Queue::enqueue_idempotent`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enqueued {
+    /// The task was created with this id.
+    New(String),
+    /// Its idempotency key was in use: nothing was written; the task that holds the key.
+    Existing(String),
+}
+
+/// The `id` of an entry (the value its idempotency key holds); entries that carry none
+/// (not envelopes) store a bare marker.
+fn entry_id(entry: &str) -> String {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        id: String,
+    }
+    serde_json::from_str::<Id>(entry)
+        .map(|i| i.id)
+        .unwrap_or_else(|_| "1".to_owned())
 }
 
 /// Default lifetime of an idempotency key: long enough to cover any retry of a push (client

@@ -58,6 +58,11 @@ impl TaskStore {
 
     /// Adds the commands that create a queued task's record to `pipe`, so that the
     /// producer writes records and pushes jobs in one round trip.
+    /// The key of a task's record.
+    pub(crate) fn key(&self, task_id: &str) -> String {
+        self.namespace.task(task_id)
+    }
+
     pub fn create_into(
         &self,
         pipe: &mut redis::Pipeline,

@@ -1,8 +1,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use agentfleet_job::Limits;
 use agentfleet_providers::ProviderArgs;
-use agentfleet_queue::FailurePolicy;
+use agentfleet_queue::{FailurePolicy, RedisArgs};
 use agentfleet_telemetry::LogFormat;
 use clap::Args;
 
@@ -11,9 +12,8 @@ use clap::Args;
 /// deployment files set nothing else.
 #[derive(Debug, Clone, Args)]
 pub struct WorkerArgs {
-    /// Redis to work against.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-    pub redis_url: String,
+    #[command(flatten)]
+    pub redis: RedisArgs,
 
     /// Prefix of every Redis key, so several fleets (or test runs) share one Redis.
     #[arg(long, env = "AGENTFLEET_NAMESPACE", default_value = "agentfleet")]
@@ -77,11 +77,54 @@ pub struct WorkerArgs {
     #[arg(long, env = "AGENTFLEET_BENCH_NOOP", hide = true)]
     pub bench_noop: bool,
 
+    /// Largest prompt (bytes) a task may carry; a larger one is dead-lettered (class
+    /// `too_large`) without calling the provider.
+    #[arg(long, env = "AGENTFLEET_MAX_PROMPT_BYTES", default_value_t = Limits::DEFAULT_MAX_PROMPT_BYTES)]
+    pub max_prompt_bytes: usize,
+
+    /// Most metadata entries a task may carry (more: dead-lettered, `too_large`).
+    #[arg(long, env = "AGENTFLEET_MAX_METADATA_ENTRIES", default_value_t = Limits::DEFAULT_MAX_METADATA_ENTRIES)]
+    pub max_metadata_entries: usize,
+
+    /// Largest metadata entry, key plus value, in bytes.
+    #[arg(long, env = "AGENTFLEET_MAX_METADATA_ENTRY_BYTES", default_value_t = Limits::DEFAULT_MAX_METADATA_ENTRY_BYTES)]
+    pub max_metadata_entry_bytes: usize,
+
+    /// Largest provider answer (bytes) a stage stores; a larger one is a permanent error.
+    #[arg(long, env = "AGENTFLEET_MAX_OUTPUT_BYTES", default_value_t = Limits::DEFAULT_MAX_OUTPUT_BYTES)]
+    pub max_output_bytes: usize,
+
     #[command(flatten)]
     pub provider: ProviderArgs,
 }
 
+/// Parses a role binary's flags. A usage error exits with
+/// [`agentfleet_job::exit::USAGE`] (clap's own code, 2, means "timed out" here); `--help`
+/// and `--version` exit 0.
+pub fn parse_args<P: clap::Parser>() -> P {
+    match P::try_parse() {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = e.print();
+            std::process::exit(if e.use_stderr() {
+                i32::from(agentfleet_job::exit::USAGE)
+            } else {
+                0
+            })
+        }
+    }
+}
+
 impl WorkerArgs {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_prompt_bytes: self.max_prompt_bytes,
+            max_metadata_entries: self.max_metadata_entries,
+            max_metadata_entry_bytes: self.max_metadata_entry_bytes,
+            max_output_bytes: self.max_output_bytes,
+        }
+    }
+
     pub fn lease(&self) -> Duration {
         Duration::from_secs(self.lease_timeout_secs.max(1))
     }

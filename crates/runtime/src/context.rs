@@ -1,10 +1,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use agentfleet_job::{JobError, TaskStatus, TokenUsage, now_ms};
+use agentfleet_job::{Envelope, JobError, LimitError, Limits, TaskStatus, TokenUsage, now_ms};
 use agentfleet_providers::{CompletionRequest, Provider, ProviderError};
 use agentfleet_queue::{
-    JobFailure, Namespace, Queue, QueueError, StageFinish, StageStart, TaskStore,
+    Delivery, JobFailure, Namespace, Queue, QueueError, StageFinish, StageStart, TaskStore,
 };
 use agentfleet_telemetry::Metrics;
 use redis::aio::ConnectionManager;
@@ -100,6 +100,8 @@ pub struct RoleContext {
     pub namespace: Namespace,
     pub store: TaskStore,
     pub llm: Llm,
+    /// Size limits on what a job may carry and a stage may store.
+    pub limits: Limits,
     pub(crate) conn: ConnectionManager,
 }
 
@@ -129,6 +131,28 @@ pub struct LlmStage<'a> {
 }
 
 impl RoleContext {
+    /// Decodes a delivery, refusing an entry over the size limits before decoding it: such
+    /// an entry is dead-lettered with class `too_large` and no provider is called.
+    pub fn decode<A: serde::de::DeserializeOwned + serde::Serialize>(
+        &self,
+        delivery: &Delivery,
+    ) -> Result<Envelope<A>, JobFailure> {
+        self.limits
+            .check_entry(delivery.raw().len())
+            .map_err(too_large)?;
+        Ok(delivery.decode()?)
+    }
+
+    /// Checks a task's prompt and metadata against the limits (class `too_large`).
+    pub fn check_input(
+        &self,
+        prompt: &str,
+        metadata: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(), JobFailure> {
+        self.limits.check_prompt(prompt).map_err(too_large)?;
+        self.limits.check_metadata(metadata).map_err(too_large)
+    }
+
     /// Another role's queue (to chain a job to it).
     pub fn queue(&self, role: &str) -> Result<Queue, QueueError> {
         Ok(Queue::new(self.conn.clone(), &self.namespace, role)?
@@ -169,6 +193,10 @@ impl RoleContext {
             return Ok(StageResult::Output(output));
         }
         let (output, usage) = self.llm.complete(stage.user).await?;
+        if let Err(e) = self.limits.check_output(output.len()) {
+            // Not retried: the same question tends to get an answer of the same size.
+            return Err(JobError::permanent(format!("{}: {e}", self.llm.provider_name())).into());
+        }
         let finish = StageFinish {
             role: self.role,
             output_field: stage.output_field,
@@ -198,6 +226,12 @@ impl RoleContext {
         }
         Ok(StageResult::Output(output))
     }
+}
+
+fn too_large(e: LimitError) -> JobFailure {
+    JobFailure::Job(JobError::TooLarge {
+        message: e.to_string(),
+    })
 }
 
 /// A Redis failure inside a handler: the job is retried (its result was not stored).

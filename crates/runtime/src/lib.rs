@@ -10,7 +10,7 @@ mod args;
 mod context;
 mod run;
 
-pub use args::WorkerArgs;
+pub use args::{WorkerArgs, parse_args};
 pub use context::{Llm, LlmStage, RoleContext, StageResult, redis_failure};
 pub use run::{RoleHandler, RoleSpec, RuntimeError, main, run};
 

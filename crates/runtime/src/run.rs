@@ -6,7 +6,7 @@ use std::time::Duration;
 use agentfleet_job::JobError;
 use agentfleet_queue::{
     ConnectOptions, Delivery, Disposition, JobFailure, Namespace, Queue, RedisBackend, TaskStore,
-    WorkerOptions, WorkerStatus, connect,
+    WorkerOptions, WorkerStatus, check_access, connect,
 };
 use agentfleet_telemetry::{Metrics, Readiness, init_logging, job_span, serve};
 use apalis::layers::WorkerBuilderExt;
@@ -46,7 +46,7 @@ pub enum RuntimeError {
     Provider(#[from] agentfleet_providers::ConfigError),
     #[error("cannot read the system prompt file: {0}")]
     SystemPrompt(std::io::Error),
-    #[error("redis configuration: {0}")]
+    #[error(transparent)]
     Queue(#[from] agentfleet_queue::QueueError),
     #[error(transparent)]
     Name(#[from] agentfleet_queue::InvalidName),
@@ -69,6 +69,20 @@ pub enum RuntimeError {
     /// exits (non-zero) for its supervisor to restart it.
     #[error("the job loop ended unexpectedly ({reason}); its jobs were handed back")]
     WorkerEnded { reason: String },
+}
+
+impl RuntimeError {
+    /// The exit code of a worker that stops on this (README, "Exit codes").
+    pub fn exit_code(&self) -> u8 {
+        use agentfleet_job::exit;
+        match self {
+            Self::Provider(_) | Self::SystemPrompt(_) | Self::Name(_) => exit::USAGE,
+            Self::Queue(agentfleet_queue::QueueError::Config(_)) => exit::USAGE,
+            Self::Queue(agentfleet_queue::QueueError::InvalidName(_)) => exit::USAGE,
+            Self::Queue(_) | Self::HandBack(_) => exit::REDIS_UNAVAILABLE,
+            _ => exit::INTERNAL,
+        }
+    }
 }
 
 /// `worker-name` (or host name) plus a random suffix: recovery tells workers apart by it,
@@ -209,11 +223,14 @@ pub async fn run<H: RoleHandler>(
     let version = env!("CARGO_PKG_VERSION");
 
     let options = ConnectOptions::default();
-    let conn = connect(&args.redis_url, &options)?;
+    let conn = connect(&args.redis, &options)?;
+    // A certificate, password or ACL that Redis refuses stops the worker now, with the
+    // reason; Redis merely being away does not (it connects when Redis answers).
+    check_access(&conn).await?;
     // The blocking wait parks its connection: it gets one of its own, with a reply timeout
     // longer than the wait.
     let blocking_conn = connect(
-        &args.redis_url,
+        &args.redis,
         &ConnectOptions {
             response_timeout: Duration::from_secs(5),
             ..options.clone()
@@ -292,6 +309,7 @@ pub async fn run<H: RoleHandler>(
         namespace,
         store,
         llm: Llm::new(provider.clone(), system_prompt, metrics.clone()),
+        limits: args.limits(),
         conn,
     });
     let service = RoleService {
@@ -314,6 +332,7 @@ pub async fn run<H: RoleHandler>(
         concurrency = args.concurrency,
         metrics_addr = %health.local_addr,
         namespace = %args.namespace,
+        redis_url = %args.redis.url,
         "worker started"
     );
 
@@ -430,7 +449,7 @@ pub async fn main<H: RoleHandler>(
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{}-worker: {e}", spec.name);
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(e.exit_code())
         }
     }
 }

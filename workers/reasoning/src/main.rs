@@ -8,7 +8,6 @@ use agentfleet_runtime::current_traceparent;
 use agentfleet_runtime::{
     LlmStage, RoleContext, RoleHandler, RoleSpec, StageResult, WorkerArgs, redis_failure,
 };
-use clap::Parser;
 
 /// Many small short-lived allocations per job (JSON, Redis commands, spans): mimalloc
 /// spends far less CPU on them than glibc malloc (see BENCHMARKS.md).
@@ -28,7 +27,7 @@ const SPEC: RoleSpec = RoleSpec {
 /// The role whose jobs this one chains to.
 const NEXT_ROLE: &str = "synthesis";
 
-#[derive(Parser)]
+#[derive(clap::Parser)]
 #[command(
     name = "reasoning-worker",
     version,
@@ -48,7 +47,8 @@ impl RoleHandler for Reasoning {
         delivery: &'a Delivery,
     ) -> BoxFuture<'a, Result<(), JobFailure>> {
         Box::pin(async move {
-            let job: Envelope<ReasoningJob> = delivery.decode()?;
+            let job: Envelope<ReasoningJob> = ctx.decode(delivery)?;
+            ctx.check_input(&job.args.prompt, &job.args.metadata)?;
             let task_id = job.args.task_id.to_string();
             let analysis = match ctx
                 .llm_stage(LlmStage {
@@ -100,5 +100,10 @@ impl RoleHandler for Reasoning {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    agentfleet_runtime::main(SPEC, Cli::parse().worker, Reasoning).await
+    agentfleet_runtime::main(
+        SPEC,
+        agentfleet_runtime::parse_args::<Cli>().worker,
+        Reasoning,
+    )
+    .await
 }

@@ -4,7 +4,6 @@
 use agentfleet_job::{Envelope, SynthesisJob, TaskStatus};
 use agentfleet_queue::{Delivery, JobFailure};
 use agentfleet_runtime::{LlmStage, RoleContext, RoleHandler, RoleSpec, WorkerArgs};
-use clap::Parser;
 
 /// Many small short-lived allocations per job (JSON, Redis commands, spans): mimalloc
 /// spends far less CPU on them than glibc malloc (see BENCHMARKS.md).
@@ -20,7 +19,7 @@ const SPEC: RoleSpec = RoleSpec {
         the analysis supports; drop the scaffolding.",
 };
 
-#[derive(Parser)]
+#[derive(clap::Parser)]
 #[command(
     name = "synthesis-worker",
     version,
@@ -40,7 +39,8 @@ impl RoleHandler for Synthesis {
         delivery: &'a Delivery,
     ) -> BoxFuture<'a, Result<(), JobFailure>> {
         Box::pin(async move {
-            let job: Envelope<SynthesisJob> = delivery.decode()?;
+            let job: Envelope<SynthesisJob> = ctx.decode(delivery)?;
+            ctx.check_input(&job.args.prompt, &Default::default())?;
             let task_id = job.args.task_id.to_string();
             ctx.llm_stage(LlmStage {
                 task_id: &task_id,
@@ -61,5 +61,10 @@ impl RoleHandler for Synthesis {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    agentfleet_runtime::main(SPEC, Cli::parse().worker, Synthesis).await
+    agentfleet_runtime::main(
+        SPEC,
+        agentfleet_runtime::parse_args::<Cli>().worker,
+        Synthesis,
+    )
+    .await
 }
