@@ -508,6 +508,7 @@ fn new_task() -> NewTask {
             metadata: Default::default(),
         },
         None,
+        &agentfleet_job::Pipeline::default(),
     )
 }
 

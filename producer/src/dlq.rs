@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use agentfleet_job::exit;
-use agentfleet_job::{Envelope, TaskStatus};
+use agentfleet_job::{Envelope, StageJob, StageState, TaskId, TaskStatus};
 use agentfleet_queue::DeadLetter;
 use anyhow::Context;
 use clap::Subcommand;
@@ -80,7 +80,7 @@ pub async fn run(fleet: &Fleet, cmd: DlqCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         DlqCommand::Show { id, json } => {
-            for role in &fleet.roles {
+            for role in fleet.pipeline.roles() {
                 if let Some(letter) = fleet.queue(role)?.dead_letter(&id).await? {
                     if json {
                         println!("{}", serde_json::to_string_pretty(&letter)?);
@@ -92,7 +92,7 @@ pub async fn run(fleet: &Fleet, cmd: DlqCommand) -> anyhow::Result<ExitCode> {
             }
             Err(anyhow::Error::new(NotFound(format!(
                 "no dead letter {id} in any role ({})",
-                fleet.roles.join(", ")
+                fleet.pipeline.roles().collect::<Vec<_>>().join(", ")
             ))))
         }
         DlqCommand::Replay { role, ids, all } => {
@@ -114,18 +114,19 @@ pub async fn run(fleet: &Fleet, cmd: DlqCommand) -> anyhow::Result<ExitCode> {
                 };
                 pairs.push((id.clone(), reset(&letter.payload)));
             }
-            // While waiting in a role's queue a task shows the status of that stage. Set
-            // before the push: a worker may finish the job before a later write lands.
-            let status = if fleet.roles.first() == Some(&role) {
+            // A task waiting for its first stage is `queued`; for a later one, `running`.
+            // Set before the push: a worker may finish the job before a later write lands.
+            let status = if fleet.pipeline.stage_of(&role) == Some(0) {
                 TaskStatus::Queued
             } else {
-                TaskStatus::Synthesizing
+                TaskStatus::Running
             };
             for (id, _) in &pairs {
-                fleet.store.requeue_dead(id, status).await?;
+                fleet.store.requeue_dead(id, status, &role).await?;
             }
             let replayed = queue.replay(&pairs).await.context("replay failed")?;
             println!("replayed {} dead letter(s) of {role}", replayed.len());
+            restart_unfinished_branches(fleet, &role, &replayed).await?;
             Ok(ExitCode::from(if missing > 0 {
                 exit::NOT_FOUND
             } else {
@@ -185,4 +186,61 @@ fn print_letter(l: &DeadLetter) {
     println!("last fail   {} ms", l.last_failed_at_ms);
     println!("worker      {}", l.worker_id);
     println!("payload     {}", l.payload);
+}
+
+/// A replayed role of a parallel stage can only complete its stage if its sibling branches
+/// finish too; a sibling whose job arrived while the task was dead was acknowledged without
+/// running. Enqueue such siblings again (their stored outputs, if any, are kept; a sibling
+/// that did finish is skipped).
+async fn restart_unfinished_branches(
+    fleet: &Fleet,
+    role: &str,
+    task_ids: &[String],
+) -> anyhow::Result<()> {
+    let Some(stage) = fleet.pipeline.stage_of(role) else {
+        return Ok(());
+    };
+    let siblings: Vec<&String> = fleet
+        .pipeline
+        .stage(stage)
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| r.as_str() != role)
+        .collect();
+    if siblings.is_empty() {
+        return Ok(());
+    }
+    for id in task_ids {
+        let Some(record) = fleet.store.get(id).await? else {
+            continue;
+        };
+        let Ok(task_id) = id.parse::<TaskId>() else {
+            continue;
+        };
+        for sibling in &siblings {
+            let done =
+                record.stages.get(sibling.as_str()).and_then(|s| s.state) == Some(StageState::Done);
+            if done {
+                continue;
+            }
+            let entry = Envelope::new(
+                id.clone(),
+                StageJob {
+                    task_id,
+                    stage: stage as u32,
+                    trace: None,
+                },
+            )
+            .encode();
+            fleet
+                .queue(sibling)?
+                .push(agentfleet_queue::PushEntry {
+                    entry,
+                    idempotency_key: None,
+                })
+                .await?;
+            println!("re-enqueued {sibling} for {id} (its branch of the stage had not finished)");
+        }
+    }
+    Ok(())
 }

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use agentfleet_job::{Envelope, Limits, ReasoningJob, TaskId, TaskSpec, TraceContext, now_ms};
+use agentfleet_job::{
+    Envelope, Limits, Pipeline, StageJob, TaskId, TaskSpec, TraceContext, now_ms,
+};
 use agentfleet_queue::{Enqueued, NewTask, PushEntry};
 use anyhow::Context;
 use clap::Args;
@@ -87,20 +89,22 @@ fn parse_meta(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
 }
 
-/// A new task as the CLI makes it: its record fields and its reasoning job, with a fresh
-/// W3C trace context.
-pub(crate) fn new_task(spec: TaskSpec, idempotency_key: Option<String>) -> NewTask {
+/// A new task as the CLI makes it: its record fields and its first stage's job, with a
+/// fresh W3C trace context.
+pub(crate) fn new_task(
+    spec: TaskSpec,
+    idempotency_key: Option<String>,
+    pipeline: &Pipeline,
+) -> NewTask {
     let task_id = TaskId::new();
     let created_at_ms = now_ms();
     let trace = TraceContext::new_root();
     let traceparent = trace.traceparent.clone();
     let entry = Envelope::new(
         task_id.to_string(),
-        ReasoningJob {
+        StageJob {
             task_id,
-            prompt: spec.prompt.clone(),
-            metadata: spec.metadata.clone(),
-            created_at_ms,
+            stage: 0,
             trace: Some(trace),
         },
     )
@@ -109,6 +113,7 @@ pub(crate) fn new_task(spec: TaskSpec, idempotency_key: Option<String>) -> NewTa
         task_id: task_id.to_string(),
         prompt: spec.prompt,
         metadata: spec.metadata,
+        pipeline: pipeline.to_string(),
         created_at_ms,
         traceparent: Some(traceparent),
         push: PushEntry {
@@ -186,12 +191,11 @@ pub async fn run(fleet: &Fleet, args: EnqueueArgs) -> anyhow::Result<ExitCode> {
     let limits = args.limits();
     if let Some(path) = &args.file {
         let specs = read_jsonl(path, &limits, args.max_line_bytes)?;
-        let queue = fleet.entry_queue()?;
-        let tasks: Vec<NewTask> = specs.into_iter().map(|s| new_task(s, None)).collect();
-        queue
-            .enqueue_tasks(&fleet.store, &tasks)
-            .await
-            .context("enqueue failed")?;
+        let tasks: Vec<NewTask> = specs
+            .into_iter()
+            .map(|s| new_task(s, None, &fleet.pipeline))
+            .collect();
+        enqueue_all(fleet, &tasks).await?;
         let mut out = std::io::stdout().lock();
         for t in &tasks {
             writeln!(out, "{}", t.task_id)?;
@@ -205,8 +209,7 @@ pub async fn run(fleet: &Fleet, args: EnqueueArgs) -> anyhow::Result<ExitCode> {
             metadata: BTreeMap::new(),
         };
         check(&spec, &limits, "")?;
-        let queue = fleet.entry_queue()?;
-        return load(fleet, &queue, count, &spec.prompt).await;
+        return load(fleet, count, &spec.prompt).await;
     }
     let Some(prompt) = args.prompt.or(args.prompt_text) else {
         return Err(usage!(
@@ -225,14 +228,18 @@ pub async fn run(fleet: &Fleet, args: EnqueueArgs) -> anyhow::Result<ExitCode> {
             "--idempotency-key must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} bytes"
         ));
     }
-    let queue = fleet.entry_queue()?;
-    let task = new_task(spec, args.idempotency_key);
-    let id = match queue
+    fleet.agree().await?;
+    let queues = fleet.entry_queues()?;
+    let task = new_task(spec, args.idempotency_key, &fleet.pipeline);
+    let id = match queues[0]
         .enqueue_idempotent(&fleet.store, &task)
         .await
         .context("enqueue failed")?
     {
-        Enqueued::New(id) => id,
+        Enqueued::New(id) => {
+            push_to_parallel_roles(&queues[1..], std::slice::from_ref(&task)).await?;
+            id
+        }
         Enqueued::Existing(id) => {
             eprintln!("agentfleet: idempotency key already used by task {id}; nothing enqueued");
             id
@@ -242,12 +249,37 @@ pub async fn run(fleet: &Fleet, args: EnqueueArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn load(
-    fleet: &Fleet,
-    queue: &agentfleet_queue::Queue,
-    count: u64,
-    prompt: &str,
-) -> anyhow::Result<ExitCode> {
+/// Writes the tasks' records and pushes their first stage's jobs: records and the first
+/// role's entries in one round trip per 1,000 tasks, then the entries of any parallel role
+/// of the first stage (their records exist by then).
+async fn enqueue_all(fleet: &Fleet, tasks: &[NewTask]) -> anyhow::Result<()> {
+    fleet.agree().await?;
+    let queues = fleet.entry_queues()?;
+    queues[0]
+        .enqueue_tasks(&fleet.store, tasks)
+        .await
+        .context("enqueue failed")?;
+    push_to_parallel_roles(&queues[1..], tasks).await
+}
+
+async fn push_to_parallel_roles(
+    queues: &[agentfleet_queue::Queue],
+    tasks: &[NewTask],
+) -> anyhow::Result<()> {
+    for queue in queues {
+        let entries: Vec<PushEntry> = tasks
+            .iter()
+            .map(|t| PushEntry {
+                entry: t.push.entry.clone(),
+                idempotency_key: None,
+            })
+            .collect();
+        queue.push_many(&entries).await.context("enqueue failed")?;
+    }
+    Ok(())
+}
+
+async fn load(fleet: &Fleet, count: u64, prompt: &str) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let mut done = 0u64;
     let mut last_report = Instant::now();
@@ -262,13 +294,11 @@ async fn load(
                         metadata: BTreeMap::new(),
                     },
                     None,
+                    &fleet.pipeline,
                 )
             })
             .collect();
-        queue
-            .enqueue_tasks(&fleet.store, &tasks)
-            .await
-            .context("enqueue failed")?;
+        enqueue_all(fleet, &tasks).await?;
         done += n;
         if last_report.elapsed().as_millis() >= 200 || done == count {
             last_report = Instant::now();

@@ -31,12 +31,19 @@ pub async fn status(fleet: &Fleet, id: &str, json: bool) -> anyhow::Result<ExitC
 
 fn print_record(r: &TaskRecord) {
     println!("task      {}", r.task_id);
-    println!("status    {}", r.status);
+    println!("status    {}", describe_status(r));
     println!("prompt    {}", r.prompt);
     for (k, v) in &r.metadata {
         println!("meta      {k}={v}");
     }
-    for (role, stage) in &r.stages {
+    if let Some(p) = &r.pipeline {
+        println!("pipeline  {p}");
+    }
+    if let Some(e) = &r.last_error {
+        println!("error     {e}");
+    }
+    for (role, stage) in ordered_stages(r) {
+        let state = stage.state.map(|s| s.as_str()).unwrap_or("queued");
         let took = stage
             .duration_ms()
             .map(|ms| format!("{ms} ms"))
@@ -45,26 +52,89 @@ fn print_record(r: &TaskRecord) {
             .usage
             .map(|u| {
                 format!(
-                    "{} prompt + {} completion tokens",
+                    " | {} prompt + {} completion tokens",
                     u.prompt_tokens, u.completion_tokens
                 )
             })
             .unwrap_or_default();
         println!(
-            "{role:<9} attempts {} | {took} | {} | {usage}",
+            "\n[{role}] {state} | attempts {} | {took} | worker {}{usage}",
             stage.attempts,
             stage.worker_id.as_deref().unwrap_or("-")
         );
-    }
-    if let Some(e) = &r.last_error {
-        println!("error     {e}");
-    }
-    if let Some(a) = &r.analysis {
-        println!("\nanalysis:\n{a}");
+        if let Some(e) = &stage.last_error {
+            let when = if stage.state == Some(agentfleet_job::StageState::Retrying) {
+                stage
+                    .retry_at_ms
+                    .map(|at| format!(" (next attempt due in {})", until(at)))
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            };
+            println!("  an earlier attempt failed{when}: {e}");
+        }
+        if let Some(out) = &stage.output {
+            println!("{out}");
+        }
     }
     if let Some(a) = &r.answer {
         println!("\nanswer:\n{a}");
     }
+}
+
+/// The task's status, with where it is when it is in progress: waiting for a stage, a
+/// retry due, or running on a worker.
+fn describe_status(r: &TaskRecord) -> String {
+    if r.status != TaskStatus::Running {
+        return r.status.to_string();
+    }
+    let mut parts = Vec::new();
+    for (role, stage) in ordered_stages(r) {
+        match stage.state {
+            Some(agentfleet_job::StageState::Running) => parts.push(format!(
+                "{role} running on {}",
+                stage.worker_id.as_deref().unwrap_or("a worker")
+            )),
+            Some(agentfleet_job::StageState::Retrying) => parts.push(format!(
+                "{role} waiting for a retry due in {}",
+                stage.retry_at_ms.map(until).unwrap_or_else(|| "-".into())
+            )),
+            _ => {}
+        }
+    }
+    if parts.is_empty() {
+        let stage = r.stage.map(|s| s + 1).unwrap_or(1);
+        return format!("running (stage {stage}: waiting in its queue)");
+    }
+    format!("running ({})", parts.join("; "))
+}
+
+/// The record's stages in pipeline order (roles not in its pipeline last, by name).
+fn ordered_stages(r: &TaskRecord) -> Vec<(&str, &agentfleet_job::StageRecord)> {
+    let order: Vec<String> = r
+        .pipeline
+        .as_deref()
+        .and_then(|p| p.parse::<agentfleet_job::Pipeline>().ok())
+        .map(|p| p.roles().map(str::to_owned).collect())
+        .unwrap_or_default();
+    let mut stages: Vec<(&str, &agentfleet_job::StageRecord)> =
+        r.stages.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    stages.sort_by_key(|(role, _)| {
+        (
+            order.iter().position(|o| o == role).unwrap_or(usize::MAX),
+            role.to_string(),
+        )
+    });
+    stages
+}
+
+/// "3.2 s" (or "now") from now to `at_ms`.
+fn until(at_ms: u64) -> String {
+    let now = agentfleet_job::now_ms();
+    if at_ms <= now {
+        return "now".to_owned();
+    }
+    format!("{:.1} s", (at_ms - now) as f64 / 1000.0)
 }
 
 pub async fn wait(
@@ -130,14 +200,14 @@ pub async fn wait(
 
 pub async fn queues(fleet: &Fleet, json: bool) -> anyhow::Result<ExitCode> {
     let mut rows = Vec::new();
-    for role in &fleet.roles {
+    for role in fleet.pipeline.roles() {
         let queue = fleet.queue(role)?;
         let counts = queue
             .counts(fleet.lease)
             .await
             .with_context(|| format!("reading queue {role}"))?;
         let workers = queue.live_workers(fleet.lease).await?;
-        rows.push((role.clone(), counts, workers));
+        rows.push((role.to_owned(), counts, workers));
     }
     if json {
         let out: Vec<_> = rows

@@ -9,9 +9,10 @@ mod inspect;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use agentfleet_job::exit;
+use agentfleet_job::{Pipeline, exit};
 use agentfleet_queue::{
-    ConnectOptions, Namespace, Queue, QueueError, RedisArgs, TaskStore, connect,
+    ConnectOptions, Namespace, PipelineArgs, Queue, QueueError, RedisArgs, TaskStore,
+    agree_on_pipeline, connect, record_pipeline, recorded_pipeline,
 };
 use clap::{Parser, Subcommand};
 
@@ -50,15 +51,8 @@ struct Cli {
     )]
     namespace: String,
 
-    /// Roles of the pipeline, in order: the first receives new tasks.
-    #[arg(
-        long,
-        global = true,
-        env = "AGENTFLEET_ROLES",
-        value_delimiter = ',',
-        default_value = "reasoning,synthesis"
-    )]
-    roles: Vec<String>,
+    #[command(flatten)]
+    pipeline: PipelineArgs,
 
     /// A worker silent for longer than this is not counted as live (match the workers' flag).
     #[arg(
@@ -107,6 +101,13 @@ enum Command {
     /// Dead letters: list, show, replay, purge.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
+    /// Show the fleet's pipeline, or change it with `set` (producers and workers given
+    /// another are refused until they are restarted with this one).
+    Pipeline {
+        /// Record this pipeline as the fleet's (e.g. 'reasoning > critique + fact-check > synthesis').
+        #[arg(long, value_name = "STAGES")]
+        set: Option<String>,
+    },
     /// Measure throughput, latency, Redis cost, CPU and memory (see BENCHMARKS.md).
     Bench(bench::BenchArgs),
 }
@@ -115,30 +116,38 @@ enum Command {
 pub struct Fleet {
     pub namespace: Namespace,
     pub store: TaskStore,
-    pub roles: Vec<String>,
+    pub pipeline: Pipeline,
     pub lease: Duration,
     conn: redis::aio::ConnectionManager,
 }
 
 impl Fleet {
     pub fn queue(&self, role: &str) -> anyhow::Result<Queue> {
-        if !self.roles.iter().any(|r| r == role) {
+        if self.pipeline.stage_of(role).is_none() {
             return Err(usage!(
                 "unknown role {role:?}: this fleet's roles are {}",
-                self.roles.join(", ")
+                self.pipeline.roles().collect::<Vec<_>>().join(", ")
             ));
         }
         Ok(Queue::new(self.conn.clone(), &self.namespace, role)?
             .with_idempotency_ttl(self.store.ttl()))
     }
 
-    /// The role that receives new tasks.
-    pub fn entry_queue(&self) -> anyhow::Result<Queue> {
-        let first = self
-            .roles
+    /// Records the fleet's pipeline, or checks that this producer's agrees with it: before
+    /// a producer writes anything.
+    pub async fn agree(&self) -> anyhow::Result<()> {
+        agree_on_pipeline(&self.conn, &self.namespace, &self.pipeline).await?;
+        Ok(())
+    }
+
+    /// The queues of the roles that receive new tasks (several when the first stage runs
+    /// roles in parallel).
+    pub fn entry_queues(&self) -> anyhow::Result<Vec<Queue>> {
+        self.pipeline
             .first()
-            .ok_or_else(|| usage!("--roles is empty"))?;
-        self.queue(first)
+            .iter()
+            .map(|role| self.queue(role))
+            .collect()
     }
 }
 
@@ -150,6 +159,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         );
     }
     let conn = connect(&cli.redis, &ConnectOptions::default())?;
+    let given = cli.pipeline.resolve()?;
+    let pipeline = match &cli.command {
+        // A producer records the fleet's pipeline, or must agree with it, once its input
+        // is checked (`Fleet::agree`).
+        Command::Enqueue(_) => given,
+        Command::Pipeline { set: Some(text) } => {
+            let pipeline: Pipeline = text.parse().map_err(|e| usage!("--set {text:?}: {e}"))?;
+            record_pipeline(&conn, &namespace, &pipeline).await?;
+            println!("{pipeline}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        // Readers use what the fleet recorded, so that no flag is needed to see every role.
+        _ => match recorded_pipeline(&conn, &namespace).await? {
+            Some(text) => text.parse().map_err(|e| {
+                anyhow::Error::new(QueueError::Corrupt {
+                    key: namespace.pipeline(),
+                    reason: format!("{e}"),
+                })
+            })?,
+            None => given,
+        },
+    };
     let fleet = Fleet {
         store: TaskStore::new(
             conn.clone(),
@@ -157,7 +188,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Duration::from_secs(cli.record_ttl_secs.max(1)),
         ),
         namespace,
-        roles: cli.roles,
+        pipeline,
         lease: Duration::from_secs(cli.lease_timeout_secs.max(1)),
         conn,
     };
@@ -169,6 +200,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Queues { json } => inspect::queues(&fleet, json).await,
         Command::Dlq(cmd) => dlq::run(&fleet, cmd).await,
+        Command::Pipeline { .. } => {
+            println!("{}", fleet.pipeline);
+            Ok(ExitCode::SUCCESS)
+        }
         // The bench makes its own namespaces (and its own Redis when none answers).
         Command::Bench(args) => bench::run(&cli.redis, args).await,
     }

@@ -66,6 +66,8 @@ pub struct Fleet {
     pub redis_url: String,
     /// How every process of the fleet reaches Redis (URL and TLS files).
     pub redis: RedisArgs,
+    /// The fleet's pipeline (`AGENTFLEET_PIPELINE` for every process), if not the default.
+    pub pipeline: Option<String>,
     client: redis::Client,
 }
 
@@ -90,8 +92,22 @@ impl Fleet {
             namespace,
             redis_url: redis.url.expose_secret().to_owned(),
             redis,
+            pipeline: None,
             client,
         }
+    }
+
+    /// Runs every process of this fleet with `pipeline` (e.g. `a > b + c > d`).
+    pub fn with_pipeline(mut self, pipeline: &str) -> Self {
+        self.pipeline = Some(pipeline.to_owned());
+        self
+    }
+
+    fn pipeline_env(&self) -> Vec<(&'static str, String)> {
+        self.pipeline
+            .iter()
+            .map(|p| ("AGENTFLEET_PIPELINE", p.clone()))
+            .collect()
     }
 
     /// The test's own Redis client (the fleet's options).
@@ -116,6 +132,7 @@ impl Fleet {
             .args(args)
             .envs(self.redis.to_env())
             .env("AGENTFLEET_NAMESPACE", &self.namespace)
+            .envs(self.pipeline_env())
             .envs(envs.iter().copied())
             .output()
             .expect("run agentfleet")
@@ -164,6 +181,20 @@ impl Fleet {
         raw.into_iter()
             .map(|s| s.and_then(|s| s.parse().ok()))
             .collect()
+    }
+
+    /// How many of the tasks have `role`'s output stored (that stage done for them).
+    pub fn count_stage_done(&self, ids: &[String], role: &str) -> usize {
+        let namespace = agentfleet_queue::Namespace::new(&self.namespace).expect("namespace");
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.hget(namespace.task(id), format!("{role}.state"));
+        }
+        let states: Vec<Option<String>> = pipe.query(&mut self.conn()).expect("read states");
+        states
+            .iter()
+            .filter(|s| s.as_deref() == Some("done"))
+            .count()
     }
 
     pub fn count_status(&self, ids: &[String], status: TaskStatus) -> usize {
@@ -231,10 +262,20 @@ impl Fleet {
         WorkerBuilder {
             fleet: self,
             role: role.to_owned(),
+            binary: format!("{role}-worker"),
             args: Vec::new(),
             envs: Vec::new(),
             wrapper: Vec::new(),
         }
+    }
+
+    /// A worker of `role` run by the generic `agent-worker --role ROLE`.
+    pub fn agent(&self, role: &str) -> WorkerBuilder<'_> {
+        WorkerBuilder {
+            binary: "agent-worker".to_owned(),
+            ..self.worker(role)
+        }
+        .arg("--role", role)
     }
 }
 
@@ -254,6 +295,7 @@ impl Drop for Fleet {
 pub struct WorkerBuilder<'a> {
     fleet: &'a Fleet,
     role: String,
+    binary: String,
     args: Vec<String>,
     envs: Vec<(String, String)>,
     wrapper: Vec<String>,
@@ -294,7 +336,7 @@ impl WorkerBuilder<'_> {
     /// Starts the worker without waiting for anything (for workers expected to stop).
     pub fn start(self) -> Worker {
         let port = free_port();
-        let binary = bin(&format!("{}-worker", self.role));
+        let binary = bin(&self.binary);
         let mut cmd = match self.wrapper.split_first() {
             Some((program, wrapper_args)) => {
                 let mut cmd = Command::new(program);
@@ -307,6 +349,7 @@ impl WorkerBuilder<'_> {
             .args(&self.args)
             .envs(self.fleet.redis.to_env())
             .env("AGENTFLEET_NAMESPACE", &self.fleet.namespace)
+            .envs(self.fleet.pipeline_env())
             .env("RUST_LOG", "info")
             .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())

@@ -51,8 +51,8 @@ fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
 /// Every environment variable a worker binary reads, from its own `--help`.
 fn worker_env_vars() -> BTreeSet<String> {
     let mut vars = BTreeSet::new();
-    for role in ["reasoning", "synthesis"] {
-        let out = Command::new(bin(&format!("{role}-worker")))
+    for binary in ["reasoning-worker", "synthesis-worker", "agent-worker"] {
+        let out = Command::new(bin(binary))
             .arg("--help")
             .output()
             .expect("run --help");
@@ -122,17 +122,34 @@ fn the_chart_scales_a_role_with_probes_grace_and_the_provider_secret() {
 #[test]
 fn a_new_role_is_one_values_entry() {
     let docs = render(&[
+        "pipeline=reasoning > critique > synthesis",
+        "roles.critique.command=agent-worker",
         "roles.critique.provider=openai",
         "roles.critique.replicas=1",
     ]);
     let deployment = find(&docs, "Deployment", "af-agentfleet-critique");
     assert_eq!(deployment["spec"]["replicas"], 1);
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["command"][0], "agent-worker");
+    let env = container["env"].as_sequence().expect("env");
+    assert!(
+        env.iter()
+            .any(|e| e["name"] == "AGENTFLEET_ROLE" && e["value"] == "critique"),
+        "the generic binary is told its role: {env:?}"
+    );
+    let config = find(&docs, "ConfigMap", "af-agentfleet");
     assert_eq!(
-        deployment["spec"]["template"]["spec"]["containers"][0]["command"][0],
-        "critique-worker"
+        config["data"]["AGENTFLEET_PIPELINE"],
+        "reasoning > critique > synthesis"
     );
     find(&docs, "Service", "af-agentfleet-critique");
     find(&docs, "PodDisruptionBudget", "af-agentfleet-critique");
+    // A role with its own binary is not told its name: it knows it.
+    let reasoning = find(&docs, "Deployment", "af-agentfleet-reasoning");
+    let env = reasoning["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_sequence()
+        .expect("env");
+    assert!(!env.iter().any(|e| e["name"] == "AGENTFLEET_ROLE"));
 }
 
 #[test]

@@ -126,7 +126,7 @@ async fn reasoning_on_anthropic_and_synthesis_on_openai_finish_a_task_with_usage
     });
     assert!(done, "{:?}", fleet.queue_counts());
     let record = fleet.record(&ids[0]);
-    assert_eq!(record.analysis.as_deref(), Some("ANALYSIS FROM CLAUDE"));
+    assert_eq!(record.output("reasoning"), Some("ANALYSIS FROM CLAUDE"));
     assert_eq!(record.answer.as_deref(), Some("ANSWER FROM GPT"));
     let r = &record.stages["reasoning"];
     let s = &record.stages["synthesis"];
@@ -202,7 +202,7 @@ async fn a_429_retry_waits_for_retry_after_and_then_succeeds() {
     let ids = fleet.enqueue_many(1, "rate limited");
     let ok = tokio::task::block_in_place(|| {
         wait_until(Duration::from_secs(20), || {
-            fleet.count_status(&ids, TaskStatus::Synthesizing) == 1
+            fleet.count_stage_done(&ids, "reasoning") == 1
         })
     });
     assert!(ok, "{:?}", fleet.queue_counts());
@@ -333,7 +333,7 @@ async fn absurd_wait_headers_are_clamped_to_the_backoff_cap_without_a_panic() {
     let ids = fleet.enqueue_many(1, "hostile headers");
     let ok = tokio::task::block_in_place(|| {
         wait_until(Duration::from_secs(20), || {
-            fleet.count_status(&ids, TaskStatus::Synthesizing) == 1
+            fleet.count_stage_done(&ids, "reasoning") == 1
         })
     });
     assert!(ok, "{:?}\n{}", fleet.queue_counts(), worker.log());

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use agentfleet_e2e::{Certs, FakeProvider, Fleet, PrivateRedis, TlsRedis, tempdir, wait_until};
-use agentfleet_job::{Envelope, ReasoningJob, TaskId, TaskStatus, exit};
+use agentfleet_job::{Envelope, StageJob, TaskId, TaskStatus, exit};
 use agentfleet_queue::RedisArgs;
 
 fn stderr(out: &std::process::Output) -> String {
@@ -191,17 +191,22 @@ fn the_pipeline_runs_as_the_readme_acl_users_and_fails_clearly_without_them() {
     as_workers.namespace = ns.clone();
     let mut as_cli = Fleet::on("acl", &cli_url);
     as_cli.namespace = ns.clone();
-    let _r = as_workers.worker("reasoning").spawn();
-    let _s = as_workers.worker("synthesis").spawn();
+    let r = as_workers.worker("reasoning").spawn();
+    let s = as_workers.worker("synthesis").spawn();
     let ids = as_cli.enqueue_many(5, "least privilege");
     let single = as_cli.cli_ok(&["enqueue", "one more", "--idempotency-key", "acl-k"]);
     assert_eq!(
         as_cli.cli_ok(&["enqueue", "one more", "--idempotency-key", "acl-k"]),
         single
     );
-    assert!(wait_until(Duration::from_secs(30), || as_cli
-        .count_status(&ids, TaskStatus::Done)
-        == 5));
+    assert!(
+        wait_until(Duration::from_secs(30), || as_cli
+            .count_status(&ids, TaskStatus::Done)
+            == 5),
+        "{}\n{}",
+        r.log(),
+        s.log()
+    );
     as_cli.cli_ok(&["wait", single.trim(), "--timeout", "30"]);
     as_cli.cli_ok(&["status", &ids[0], "--json"]);
     as_cli.cli_ok(&["queues", "--json"]);
@@ -329,6 +334,8 @@ fn a_redis_password_appears_in_no_output_of_any_command() {
     }
     outputs.push(("reasoning /metrics".into(), reasoning.metrics()));
     outputs.push(("synthesis /metrics".into(), synthesis.metrics()));
+    outputs.push(("reasoning log".into(), reasoning.log()));
+    outputs.push(("synthesis log".into(), synthesis.log()));
     drop(reasoning);
     drop(synthesis);
 
@@ -347,21 +354,33 @@ fn a_redis_password_appears_in_no_output_of_any_command() {
     );
 }
 
-/// An entry for the reasoning queue, as a producer other than the CLI might push it.
-fn raw_entry(prompt: String) -> (String, String) {
+/// A task written straight into Redis, as a producer other than the CLI might write it: its
+/// record (with `prompt`) and its first entry, padded with `padding` bytes of junk that a
+/// reader ignores.
+fn raw_task(fleet: &Fleet, prompt: String, padding: usize) -> (String, String) {
     let task_id = TaskId::new();
-    let entry = Envelope::new(
+    let namespace = agentfleet_queue::Namespace::new(&fleet.namespace).unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(namespace.task(&task_id.to_string()))
+        .arg("status")
+        .arg("queued")
+        .arg("prompt")
+        .arg(prompt)
+        .arg("pipeline")
+        .arg(agentfleet_job::DEFAULT_PIPELINE)
+        .query(&mut fleet.conn())
+        .unwrap();
+    let mut entry = serde_json::to_value(Envelope::new(
         task_id.to_string(),
-        ReasoningJob {
+        StageJob {
             task_id,
-            prompt,
-            metadata: Default::default(),
-            created_at_ms: agentfleet_job::now_ms(),
+            stage: 0,
             trace: None,
         },
-    )
-    .encode();
-    (task_id.to_string(), entry)
+    ))
+    .unwrap();
+    entry["args"]["padding"] = serde_json::Value::String("h".repeat(padding));
+    (task_id.to_string(), entry.to_string())
 }
 
 #[test]
@@ -439,8 +458,8 @@ fn oversize_input_is_refused_by_the_cli_and_dead_lettered_by_workers_without_a_p
     // Workers: entries pushed straight into Redis, over the prompt limit and over any
     // entry a task within the limits makes.
     let provider = FakeProvider::start("an answer".to_owned());
-    let (over_prompt, entry1) = raw_entry("p".repeat(1001));
-    let (huge, entry2) = raw_entry("h".repeat(4 * 1024 * 1024));
+    let (over_prompt, entry1) = raw_task(&fleet, "p".repeat(1001), 0);
+    let (huge, entry2) = raw_task(&fleet, "fine".to_owned(), 4 * 1024 * 1024);
     let mut conn = fleet.conn();
     let _: () = redis::cmd("LPUSH")
         .arg(fleet.key("reasoning", "pending"))

@@ -3,7 +3,7 @@ use serde::{Deserialize, Serialize};
 
 /// The envelope format this build writes and reads. An entry with another version is
 /// undecodable and is dead-lettered, never guessed at.
-pub const ENVELOPE_VERSION: u32 = 1;
+pub const ENVELOPE_VERSION: u32 = 2;
 
 /// One queue entry: the bytes that sit in a role's pending list, scheduled set and
 /// in-flight hash.

@@ -9,6 +9,7 @@ mod envelope;
 mod error;
 pub mod exit;
 mod limits;
+mod pipeline;
 mod record;
 mod task;
 mod trace;
@@ -16,8 +17,9 @@ mod trace;
 pub use envelope::{DecodeError, ENVELOPE_VERSION, Envelope, peek_id};
 pub use error::{ErrorClass, JobError};
 pub use limits::{LimitError, Limits};
-pub use record::{StageRecord, TaskRecord, TaskStatus, TokenUsage};
-pub use task::{ReasoningJob, SynthesisJob, TaskId, TaskSpec};
+pub use pipeline::{DEFAULT_PIPELINE, Pipeline, PipelineError};
+pub use record::{StageRecord, StageState, TaskRecord, TaskStatus, TokenUsage};
+pub use task::{StageJob, TaskId, TaskSpec};
 pub use trace::TraceContext;
 
 /// Milliseconds since the Unix epoch: the one clock unit stored in Redis.

@@ -4,13 +4,13 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// Where a task is in the pipeline, as `agentfleet status` and `wait` report it.
+/// Where a task is, as `agentfleet status` and `wait` report it. Generic: which stage a
+/// running task is in is on the record (`stage`, and each role's [`StageState`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskStatus {
     Queued,
-    Reasoning,
-    Synthesizing,
+    Running,
     Done,
     Dead,
 }
@@ -19,8 +19,7 @@ impl TaskStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Queued => "queued",
-            Self::Reasoning => "reasoning",
-            Self::Synthesizing => "synthesizing",
+            Self::Running => "running",
             Self::Done => "done",
             Self::Dead => "dead",
         }
@@ -43,11 +42,48 @@ impl FromStr for TaskStatus {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(match s {
             "queued" => Self::Queued,
-            "reasoning" => Self::Reasoning,
-            "synthesizing" => Self::Synthesizing,
+            "running" => Self::Running,
             "done" => Self::Done,
             "dead" => Self::Dead,
             other => return Err(format!("unknown task status {other:?}")),
+        })
+    }
+}
+
+/// Where one role is with a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageState {
+    /// A worker is running it.
+    Running,
+    /// An attempt failed; the next is due at `retry_at_ms`.
+    Retrying,
+    /// Its output is stored.
+    Done,
+    /// Dead-lettered: the task is dead with it.
+    Dead,
+}
+
+impl StageState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Retrying => "retrying",
+            Self::Done => "done",
+            Self::Dead => "dead",
+        }
+    }
+}
+
+impl FromStr for StageState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "running" => Self::Running,
+            "retrying" => Self::Retrying,
+            "done" => Self::Done,
+            "dead" => Self::Dead,
+            other => return Err(format!("unknown stage state {other:?}")),
         })
     }
 }
@@ -62,6 +98,11 @@ pub struct TokenUsage {
 /// What one role did for a task.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StageRecord {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<StageState>,
+    /// The role's output, once stored (written once).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
     pub attempts: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub started_at_ms: Option<u64>,
@@ -75,6 +116,13 @@ pub struct StageRecord {
     pub model: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<TokenUsage>,
+    /// When the next attempt is due, while `state` is `retrying` (the worker's clock: for
+    /// people, never compared).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_at_ms: Option<u64>,
+    /// The last failed attempt's error: history, not the task's state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 impl StageRecord {
@@ -92,17 +140,23 @@ pub struct TaskRecord {
     pub prompt: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
+    /// The pipeline the task was enqueued into (canonical form).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<String>,
+    /// Index of the stage the task has reached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stage: Option<u32>,
     pub created_at_ms: u64,
     pub updated_at_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub analysis: Option<String>,
+    /// The last stage's output, once the task is done.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub answer: Option<String>,
+    /// Why the task is dead, when it is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
-    /// Per role (`reasoning`, `synthesis`, or any role added later).
+    /// Per role of the pipeline.
     #[serde(default)]
     pub stages: BTreeMap<String, StageRecord>,
 }
@@ -119,5 +173,10 @@ impl TaskRecord {
             .filter_map(|s| s.finished_at_ms)
             .max()?;
         Some(done.saturating_sub(self.created_at_ms))
+    }
+
+    /// A role's output, if stored.
+    pub fn output(&self, role: &str) -> Option<&str> {
+        self.stages.get(role)?.output.as_deref()
     }
 }

@@ -44,25 +44,15 @@ pub struct TaskSpec {
     pub metadata: BTreeMap<String, String>,
 }
 
-/// The reasoning role's job: analyse the prompt.
+/// One role's job for one task at one stage of the pipeline. Deliberately small: the
+/// task's prompt, metadata and the outputs of earlier stages live on the task record, which
+/// the runtime reads when the job starts (one round trip it makes anyway), so entries stay a
+/// few hundred bytes however long the texts, and a replayed entry never carries stale data.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ReasoningJob {
+pub struct StageJob {
     pub task_id: TaskId,
-    pub prompt: String,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub metadata: BTreeMap<String, String>,
-    pub created_at_ms: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub trace: Option<TraceContext>,
-}
-
-/// The synthesis role's job: turn the analysis into the final answer.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SynthesisJob {
-    pub task_id: TaskId,
-    pub prompt: String,
-    pub analysis: String,
-    pub created_at_ms: u64,
+    /// Index of the stage in the fleet's pipeline (0 for the first).
+    pub stage: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<TraceContext>,
 }

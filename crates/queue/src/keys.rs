@@ -57,6 +57,11 @@ impl Namespace {
         format!("{}:task:{task_id}", self.0)
     }
 
+    /// STRING: the fleet's pipeline, recorded by its first producer or worker.
+    pub fn pipeline(&self) -> String {
+        format!("{}:pipeline", self.0)
+    }
+
     /// The pattern matching every task record, for SCAN.
     pub fn task_pattern(&self) -> String {
         format!("{}:task:*", self.0)

@@ -15,6 +15,7 @@ mod connection;
 mod dead_letter;
 mod error;
 mod keys;
+mod pipeline;
 mod queue;
 mod scripts;
 mod store;
@@ -27,7 +28,8 @@ pub use connection::{ConnectOptions, RedisArgs, RedisUrl, check_access, connect}
 pub use dead_letter::DeadLetter;
 pub use error::QueueError;
 pub use keys::{InvalidName, Namespace, QueueKeys};
+pub use pipeline::{PipelineArgs, agree_on_pipeline, record_pipeline, recorded_pipeline};
 pub use queue::{
     Enqueued, Fetched, NewTask, PushEntry, Queue, QueueCounts, RecoveryReport, unreadable_id,
 };
-pub use store::{StageFinish, StageStart, TaskStore};
+pub use store::{Finished, StageData, StageFinish, StageStart, Started, TaskStore};

@@ -29,6 +29,8 @@ pub struct NewTask {
     pub task_id: String,
     pub prompt: String,
     pub metadata: std::collections::BTreeMap<String, String>,
+    /// The pipeline it is enqueued into (canonical form), kept on the record.
+    pub pipeline: String,
     pub created_at_ms: u64,
     pub traceparent: Option<String>,
     pub push: PushEntry,
@@ -148,6 +150,7 @@ impl Queue {
                     &t.task_id,
                     &t.prompt,
                     &t.metadata,
+                    &t.pipeline,
                     t.created_at_ms,
                     t.traceparent.as_deref(),
                 );

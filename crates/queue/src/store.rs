@@ -1,7 +1,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use agentfleet_job::{StageRecord, TaskRecord, TaskStatus, TokenUsage, now_ms};
+use agentfleet_job::{Pipeline, StageRecord, TaskRecord, TaskStatus, TokenUsage, now_ms};
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 
@@ -23,24 +23,60 @@ pub struct StageStart<'a> {
     pub role: &'a str,
     pub attempt: u32,
     pub worker_id: &'a str,
-    /// Status to show while this role works.
-    pub status: TaskStatus,
-    /// The record field this role writes its output to (`analysis`, `answer`).
-    pub output_field: &'a str,
+    /// The role's stage index in the pipeline.
+    pub stage: u32,
+    /// The roles whose outputs it reads: the stage before (none for the first).
+    pub inputs: &'a [String],
+}
+
+/// What a role works from, as [`TaskStore::start_stage`] found the record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Started {
+    /// The record is gone (expired or deleted): there is nowhere to write a result.
+    Gone,
+    /// The task is `done` or `dead`: nothing may change it.
+    Finished(TaskStatus),
+    Ready(StageData),
+}
+
+/// The task as a stage sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageData {
+    pub prompt: String,
+    pub metadata: BTreeMap<String, String>,
+    /// This role's output, if an earlier attempt stored it (a re-run reuses it).
+    pub own_output: Option<String>,
+    /// The outputs of the stage before, by role.
+    pub inputs: BTreeMap<String, String>,
 }
 
 /// A role finishing a task's stage.
 #[derive(Debug, Clone)]
 pub struct StageFinish<'a> {
     pub role: &'a str,
-    pub output_field: &'a str,
     pub output: &'a str,
-    /// Status after this stage.
-    pub status: TaskStatus,
+    /// Every role of this stage (parallel roles are joined: the stage completes when all
+    /// have finished).
+    pub stage_roles: &'a [String],
+    /// The pipeline's last stage: completing it makes the task `done`.
+    pub last: bool,
     pub started_at_ms: u64,
     pub provider: &'a str,
     pub model: &'a str,
     pub usage: TokenUsage,
+}
+
+/// What storing a stage's output did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finished {
+    /// The record is gone.
+    Gone,
+    /// The task was already `done` or `dead`; nothing changed.
+    Terminal(TaskStatus),
+    /// Stored; a parallel role of the stage has not finished yet.
+    Waiting,
+    /// Every role of the stage has finished: chain the next stage (or the task is done).
+    Complete,
 }
 
 impl TaskStore {
@@ -63,12 +99,14 @@ impl TaskStore {
         self.namespace.task(task_id)
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub fn create_into(
         &self,
         pipe: &mut redis::Pipeline,
         task_id: &str,
         prompt: &str,
         metadata: &BTreeMap<String, String>,
+        pipeline: &str,
         created_at_ms: u64,
         traceparent: Option<&str>,
     ) {
@@ -76,6 +114,7 @@ impl TaskStore {
         let mut fields: Vec<(&str, String)> = vec![
             ("task_id", task_id.to_owned()),
             ("status", TaskStatus::Queued.as_str().to_owned()),
+            ("pipeline", pipeline.to_owned()),
             ("prompt", prompt.to_owned()),
             ("created_at_ms", created_at_ms.to_string()),
             ("updated_at_ms", created_at_ms.to_string()),
@@ -93,58 +132,78 @@ impl TaskStore {
         pipe.pexpire(&key, self.ttl.as_millis() as i64).ignore();
     }
 
-    /// Notes that a role started on the task. Returns the status before and the role's
-    /// output if an earlier attempt already wrote it (a re-run then reuses it instead of
-    /// calling the provider again). `None` when the record is gone (expired or never made).
+    /// Notes that a role started on the task and reads what it works from: prompt,
+    /// metadata, the outputs of the stage before, and its own output if an earlier attempt
+    /// stored one. One round trip.
     pub async fn start_stage(
         &self,
         task_id: &str,
         start: &StageStart<'_>,
-    ) -> Result<Option<(Option<TaskStatus>, Option<String>)>, QueueError> {
-        let (status, output): (Option<String>, Option<String>) = SCRIPTS
-            .record_start
-            .key(self.namespace.task(task_id))
-            .arg(start.role)
+    ) -> Result<Started, QueueError> {
+        let mut inv = SCRIPTS.record_start.key(self.namespace.task(task_id));
+        inv.arg(start.role)
             .arg(start.attempt)
             .arg(start.worker_id)
             .arg(now_ms())
-            .arg(start.status.as_str())
-            .arg(start.output_field)
-            .invoke_async(&mut self.conn.clone())
-            .await?;
-        if status.is_none() && output.is_none() {
-            return Ok(None);
+            .arg(start.stage);
+        for role in start.inputs {
+            inv.arg(role);
         }
-        Ok(Some((status.and_then(|s| s.parse().ok()), output)))
+        let mut values: Vec<Option<String>> = inv.invoke_async(&mut self.conn.clone()).await?;
+        let Some(Some(status)) = values.first().cloned() else {
+            return Ok(Started::Gone);
+        };
+        let status: TaskStatus = status.parse().map_err(|reason| QueueError::Corrupt {
+            key: self.namespace.task(task_id),
+            reason,
+        })?;
+        if status.is_terminal() {
+            return Ok(Started::Finished(status));
+        }
+        values.resize(5 + start.inputs.len(), None);
+        let mut values = values.into_iter().skip(2);
+        let prompt = values.next().flatten().unwrap_or_default();
+        let metadata = values
+            .next()
+            .flatten()
+            .and_then(|m| serde_json::from_str::<BTreeMap<String, String>>(&m).ok())
+            .unwrap_or_default();
+        let own_output = values.next().flatten();
+        let inputs = start
+            .inputs
+            .iter()
+            .zip(values)
+            .filter_map(|(role, output)| Some((role.clone(), output?)))
+            .collect();
+        Ok(Started::Ready(StageData {
+            prompt,
+            metadata,
+            own_output,
+            inputs,
+        }))
     }
 
-    /// Writes a stage's output, once: a task already `done` is never changed. Returns false
-    /// when it was already done (or the record is gone).
+    /// Stores a stage's output, once (a re-run keeps the first), and says whether the
+    /// stage is complete. A `done` or `dead` task is never changed.
     pub async fn finish_stage(
         &self,
         task_id: &str,
         finish: &StageFinish<'_>,
-    ) -> Result<bool, QueueError> {
+    ) -> Result<Finished, QueueError> {
         let now = now_ms();
         let role = finish.role;
-        let written: i64 = SCRIPTS
-            .record_finish
-            .key(self.namespace.task(task_id))
-            .arg(finish.output_field)
+        let mut inv = SCRIPTS.record_finish.key(self.namespace.task(task_id));
+        inv.arg(role)
             .arg(finish.output)
-            .arg(finish.status.as_str())
-            // A finished task lives a full TTL from now; an intermediate stage keeps the
-            // lifetime set at enqueue (one command fewer on the hot path).
-            .arg(if finish.status.is_terminal() {
-                self.ttl.as_millis() as u64
-            } else {
-                0
-            })
-            .arg("updated_at_ms")
             .arg(now)
-            .arg(format!("{role}.finished_at_ms"))
-            .arg(now)
-            .arg(format!("{role}.started_at_ms"))
+            .arg(if finish.last { "1" } else { "0" })
+            // A finished task lives a full TTL from now.
+            .arg(self.ttl.as_millis() as u64)
+            .arg(finish.stage_roles.len());
+        for r in finish.stage_roles {
+            inv.arg(r);
+        }
+        inv.arg(format!("{role}.started_at_ms"))
             .arg(finish.started_at_ms)
             .arg(format!("{role}.provider"))
             .arg(finish.provider)
@@ -153,10 +212,17 @@ impl TaskStore {
             .arg(format!("{role}.prompt_tokens"))
             .arg(finish.usage.prompt_tokens)
             .arg(format!("{role}.completion_tokens"))
-            .arg(finish.usage.completion_tokens)
-            .invoke_async(&mut self.conn.clone())
-            .await?;
-        Ok(written == 1)
+            .arg(finish.usage.completion_tokens);
+        let outcome: String = inv.invoke_async(&mut self.conn.clone()).await?;
+        Ok(match outcome.as_str() {
+            "gone" => Finished::Gone,
+            "waiting" => Finished::Waiting,
+            "complete" => Finished::Complete,
+            other => Finished::Terminal(other.parse().map_err(|reason| QueueError::Corrupt {
+                key: self.namespace.task(task_id),
+                reason,
+            })?),
+        })
     }
 
     /// Marks the task dead with the reason (a dead letter holds the rest). A `done` task
@@ -172,7 +238,7 @@ impl TaskStore {
             .record_dead
             .key(self.namespace.task(task_id))
             .arg(reason)
-            .arg(format!("{role}.attempts"))
+            .arg(role)
             .arg(attempts)
             .arg(now_ms())
             .arg(self.ttl.as_millis() as u64)
@@ -181,45 +247,46 @@ impl TaskStore {
         Ok(marked == 1)
     }
 
-    /// Notes a failed attempt that will be retried.
-    pub async fn note_error(&self, task_id: &str, reason: &str) -> Result<(), QueueError> {
-        self.set_fields(task_id, &[("last_error", reason.to_owned())])
-            .await
+    /// Notes a role's failed attempt that will be retried after `delay`: the error is kept
+    /// as the role's history, not as the task's state.
+    pub async fn note_retry(
+        &self,
+        task_id: &str,
+        role: &str,
+        error: &str,
+        delay: Duration,
+    ) -> Result<bool, QueueError> {
+        let now = now_ms();
+        let noted: i64 = SCRIPTS
+            .record_retry
+            .key(self.namespace.task(task_id))
+            .arg(role)
+            .arg(error)
+            .arg(now + delay.as_millis() as u64)
+            .arg(now)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(noted == 1)
     }
 
-    /// Shows a dead task as waiting again (its dead letter is being replayed). Call it
-    /// before re-enqueueing: a worker may finish the job before a later write could land.
+    /// Shows a dead task as waiting again for `role` (its dead letter is being replayed).
+    /// Call it before re-enqueueing: a worker may finish the job before a later write could
+    /// land.
     pub async fn requeue_dead(
         &self,
         task_id: &str,
         status: TaskStatus,
+        role: &str,
     ) -> Result<bool, QueueError> {
         let changed: i64 = SCRIPTS
             .record_requeue
             .key(self.namespace.task(task_id))
             .arg(status.as_str())
             .arg(now_ms())
+            .arg(role)
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(changed == 1)
-    }
-
-    async fn set_fields(&self, task_id: &str, fields: &[(&str, String)]) -> Result<(), QueueError> {
-        let key = self.namespace.task(task_id);
-        let mut all: Vec<(&str, String)> = fields.to_vec();
-        all.push(("updated_at_ms", now_ms().to_string()));
-        // Only touch a record that exists: an expired record is not resurrected as a stub.
-        let exists: bool = self.conn.clone().exists(&key).await?;
-        if exists {
-            let _: () = redis::pipe()
-                .hset_multiple(&key, &all)
-                .ignore()
-                .pexpire(&key, self.ttl.as_millis() as i64)
-                .ignore()
-                .query_async(&mut self.conn.clone())
-                .await?;
-        }
-        Ok(())
     }
 
     /// The whole record, or `None` for an unknown (or expired) task.
@@ -258,15 +325,19 @@ fn parse_record(task_id: &str, mut f: HashMap<String, String>) -> Result<TaskRec
         .ok_or("no status field")?
         .parse::<TaskStatus>()?;
     let mut stages: BTreeMap<String, StageRecord> = BTreeMap::new();
-    for (key, value) in &f {
+    for (key, value) in &mut f {
         let Some((role, field)) = key.split_once('.') else {
             continue;
         };
         let stage = stages.entry(role.to_owned()).or_default();
         match field {
+            "state" => stage.state = value.parse().ok(),
+            "output" => stage.output = Some(std::mem::take(value)),
             "attempts" => stage.attempts = value.parse().unwrap_or(0),
             "started_at_ms" => stage.started_at_ms = value.parse().ok(),
             "finished_at_ms" => stage.finished_at_ms = value.parse().ok(),
+            "retry_at_ms" => stage.retry_at_ms = value.parse().ok(),
+            "last_error" => stage.last_error = Some(value.clone()),
             "worker_id" => stage.worker_id = Some(value.clone()),
             "provider" => stage.provider = Some(value.clone()),
             "model" => stage.model = Some(value.clone()),
@@ -282,19 +353,27 @@ fn parse_record(task_id: &str, mut f: HashMap<String, String>) -> Result<TaskRec
             _ => {}
         }
     }
+    let pipeline = f.remove("pipeline");
+    // The answer is the last stage's output, once the task is done.
+    let answer = pipeline
+        .as_deref()
+        .and_then(|p| p.parse::<Pipeline>().ok())
+        .filter(|_| status == TaskStatus::Done)
+        .and_then(|p| stages.get(p.last_role())?.output.clone());
     Ok(TaskRecord {
         task_id: task_id.to_owned(),
         status,
         created_at_ms: num(&f, "created_at_ms").unwrap_or(0),
         updated_at_ms: num(&f, "updated_at_ms").unwrap_or(0),
+        stage: f.get("stage").and_then(|s| s.parse().ok()),
         prompt: f.remove("prompt").unwrap_or_default(),
         metadata: f
             .get("metadata")
             .and_then(|m| serde_json::from_str(m).ok())
             .unwrap_or_default(),
+        pipeline,
         traceparent: f.remove("traceparent"),
-        analysis: f.remove("analysis"),
-        answer: f.remove("answer"),
+        answer,
         last_error: f.remove("last_error"),
         stages,
     })

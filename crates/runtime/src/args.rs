@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use agentfleet_job::Limits;
 use agentfleet_providers::ProviderArgs;
-use agentfleet_queue::{FailurePolicy, RedisArgs};
+use agentfleet_queue::{FailurePolicy, PipelineArgs, RedisArgs};
 use agentfleet_telemetry::LogFormat;
 use clap::Args;
 
@@ -14,6 +14,9 @@ use clap::Args;
 pub struct WorkerArgs {
     #[command(flatten)]
     pub redis: RedisArgs,
+
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
 
     /// Prefix of every Redis key, so several fleets (or test runs) share one Redis.
     #[arg(long, env = "AGENTFLEET_NAMESPACE", default_value = "agentfleet")]

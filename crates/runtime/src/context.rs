@@ -1,10 +1,14 @@
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use agentfleet_job::{Envelope, JobError, LimitError, Limits, TaskStatus, TokenUsage, now_ms};
+use agentfleet_job::{
+    Envelope, JobError, LimitError, Limits, Pipeline, StageJob, TokenUsage, TraceContext, now_ms,
+};
 use agentfleet_providers::{CompletionRequest, Provider, ProviderError};
 use agentfleet_queue::{
-    Delivery, JobFailure, Namespace, Queue, QueueError, StageFinish, StageStart, TaskStore,
+    Delivery, Finished, JobFailure, Namespace, PushEntry, Queue, QueueError, StageFinish,
+    StageStart, Started, TaskStore,
 };
 use agentfleet_telemetry::Metrics;
 use redis::aio::ConnectionManager;
@@ -40,7 +44,7 @@ impl Llm {
     }
 
     /// Calls the model with the role's system prompt.
-    pub async fn complete(&self, user: String) -> Result<(String, TokenUsage), JobError> {
+    pub async fn complete(&self, user: String) -> Result<StageOutput, JobError> {
         let (name, model) = (self.provider.name(), self.provider.model());
         let started = Instant::now();
         let result = self
@@ -68,7 +72,10 @@ impl Llm {
                     .llm_tokens_total
                     .with_label_values(&[name, model, "completion"])
                     .inc_by(usage.completion_tokens);
-                Ok((done.text, usage))
+                Ok(StageOutput {
+                    text: done.text,
+                    usage,
+                })
             }
             Err(e) => {
                 self.metrics
@@ -102,129 +109,210 @@ pub struct RoleContext {
     pub llm: Llm,
     /// Size limits on what a job may carry and a stage may store.
     pub limits: Limits,
+    /// The fleet's pipeline, and where this role sits in it.
+    pub pipeline: Arc<Pipeline>,
+    pub stage: usize,
     pub(crate) conn: ConnectionManager,
 }
 
-/// The result of [`RoleContext::llm_stage`].
+/// One task at this role's stage, as a handler receives it.
 #[derive(Debug, Clone, PartialEq)]
-pub enum StageResult {
-    /// The stage's output: fresh, or written by an earlier attempt (then the provider was
-    /// not called again).
-    Output(String),
-    /// The task is already in a terminal state (`done`, or `dead` until its dead letter is
-    /// replayed): nothing to do, and nothing may change it.
-    AlreadyFinished(TaskStatus),
+pub struct StageInput {
+    pub task_id: String,
+    pub attempt: u32,
+    pub prompt: String,
+    pub metadata: BTreeMap<String, String>,
+    /// The outputs of the stage before, by role: one, or each of a parallel stage's roles.
+    /// Empty for the first stage.
+    pub inputs: BTreeMap<String, String>,
 }
 
-/// A stage of the pipeline, as [`RoleContext::llm_stage`] runs it.
-pub struct LlmStage<'a> {
-    pub task_id: &'a str,
-    pub attempt: u32,
-    /// Status shown while the stage runs.
-    pub running: TaskStatus,
-    /// Status after it.
-    pub finished: TaskStatus,
-    /// Record field for the output (`analysis`, `answer`).
-    pub output_field: &'a str,
-    /// The user-side text sent to the model.
-    pub user: String,
+impl StageInput {
+    /// The user message most roles send: the question, then each earlier role's notes,
+    /// then `closing` (what to do with them).
+    pub fn user_message(&self, closing: &str) -> String {
+        if self.inputs.is_empty() {
+            return self.prompt.clone();
+        }
+        let mut text = format!("Question:\n{}\n\n", self.prompt);
+        for (role, output) in &self.inputs {
+            text.push_str(&format!("Notes from the {role} agent:\n{output}\n\n"));
+        }
+        text.push_str(closing);
+        text
+    }
+}
+
+/// What a handler produced: the stage's output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageOutput {
+    pub text: String,
+    pub usage: TokenUsage,
 }
 
 impl RoleContext {
-    /// Decodes a delivery, refusing an entry over the size limits before decoding it: such
-    /// an entry is dead-lettered with class `too_large` and no provider is called.
-    pub fn decode<A: serde::de::DeserializeOwned + serde::Serialize>(
-        &self,
-        delivery: &Delivery,
-    ) -> Result<Envelope<A>, JobFailure> {
-        self.limits
-            .check_entry(delivery.raw().len())
-            .map_err(too_large)?;
-        Ok(delivery.decode()?)
-    }
-
     /// Checks a task's prompt and metadata against the limits (class `too_large`).
     pub fn check_input(
         &self,
         prompt: &str,
-        metadata: &std::collections::BTreeMap<String, String>,
+        metadata: &BTreeMap<String, String>,
     ) -> Result<(), JobFailure> {
         self.limits.check_prompt(prompt).map_err(too_large)?;
         self.limits.check_metadata(metadata).map_err(too_large)
     }
 
-    /// Another role's queue (to chain a job to it).
-    pub fn queue(&self, role: &str) -> Result<Queue, QueueError> {
-        Ok(Queue::new(self.conn.clone(), &self.namespace, role)?
-            .with_idempotency_ttl(self.store.ttl()))
-    }
-
-    /// Runs one LLM stage of a task at most once in effect: records the start on the task
-    /// record, reuses an output that an earlier attempt already stored (a re-run after a
-    /// crash does not call the provider twice), otherwise calls the provider and stores the
-    /// output, written once.
-    pub async fn llm_stage(&self, stage: LlmStage<'_>) -> Result<StageResult, JobFailure> {
-        let started_at_ms = now_ms();
-        let start = StageStart {
-            role: self.role,
-            attempt: stage.attempt,
-            worker_id: &self.worker_id,
-            status: stage.running,
-            output_field: stage.output_field,
-        };
-        let before = self
-            .store
-            .start_stage(stage.task_id, &start)
-            .await
-            .map_err(redis_failure)?;
-        let Some((status, existing)) = before else {
+    /// Runs this role's stage of the task in `delivery`, at most once in effect:
+    /// 1. reads the task (prompt, metadata, the stage before's outputs) and notes the start;
+    ///    a `done` or `dead` task is left alone;
+    /// 2. reuses the output an earlier attempt stored, else calls the handler (the provider)
+    ///    and stores its output, once;
+    /// 3. when that completes the stage (every parallel role done), pushes the next stage's
+    ///    jobs, each guarded by the task id so that completing twice chains once.
+    pub(crate) async fn run_stage<H: crate::RoleHandler + ?Sized>(
+        &self,
+        handler: &H,
+        delivery: &Delivery,
+    ) -> Result<(), JobFailure> {
+        self.limits
+            .check_entry(delivery.raw().len())
+            .map_err(too_large)?;
+        let job: Envelope<StageJob> = delivery.decode()?;
+        if job.args.stage as usize != self.stage {
             return Err(JobError::permanent(format!(
-                "task record {} not found (expired or deleted): nothing to write the result to",
-                stage.task_id
+                "this entry is for stage {} but the {} role runs stage {} of the pipeline {:?}",
+                job.args.stage + 1,
+                self.role,
+                self.stage + 1,
+                self.pipeline.to_string()
             ))
             .into());
+        }
+        let task_id = job.args.task_id.to_string();
+        let inputs: &[String] = match self.stage.checked_sub(1) {
+            Some(before) => self.pipeline.stage(before).unwrap_or_default(),
+            None => &[],
         };
-        if let Some(status) = status.filter(|s| s.is_terminal()) {
-            tracing::info!(%status, "task already finished; this delivery changes nothing");
-            return Ok(StageResult::AlreadyFinished(status));
-        }
-        if let Some(output) = existing {
-            tracing::info!("output of an earlier attempt reused; provider not called again");
-            return Ok(StageResult::Output(output));
-        }
-        let (output, usage) = self.llm.complete(stage.user).await?;
-        if let Err(e) = self.limits.check_output(output.len()) {
-            // Not retried: the same question tends to get an answer of the same size.
-            return Err(JobError::permanent(format!("{}: {e}", self.llm.provider_name())).into());
-        }
-        let finish = StageFinish {
-            role: self.role,
-            output_field: stage.output_field,
-            output: &output,
-            status: stage.finished,
-            started_at_ms,
-            provider: self.llm.provider_name(),
-            model: self.llm.model(),
-            usage,
-        };
-        let written = self
+        let started_at_ms = now_ms();
+        let started = self
             .store
-            .finish_stage(stage.task_id, &finish)
+            .start_stage(
+                &task_id,
+                &StageStart {
+                    role: self.role,
+                    attempt: job.attempt,
+                    worker_id: &self.worker_id,
+                    stage: self.stage as u32,
+                    inputs,
+                },
+            )
             .await
             .map_err(redis_failure)?;
-        if !written {
-            // It became terminal while the provider answered (another copy finished it, or
-            // it was dead-lettered): the stored state stands.
-            let now = self
-                .store
-                .statuses(&[stage.task_id.to_owned()])
+        let data = match started {
+            Started::Gone => {
+                return Err(JobError::permanent(format!(
+                    "task record {task_id} not found (expired or deleted): nothing to write the result to"
+                ))
+                .into());
+            }
+            Started::Finished(status) => {
+                tracing::info!(%status, "task already finished; this delivery changes nothing");
+                return Ok(());
+            }
+            Started::Ready(data) => data,
+        };
+        let (output, usage) = match data.own_output {
+            Some(output) => {
+                tracing::info!("output of an earlier attempt reused; provider not called again");
+                (output, TokenUsage::default())
+            }
+            None => {
+                self.check_input(&data.prompt, &data.metadata)?;
+                let input = StageInput {
+                    task_id: task_id.clone(),
+                    attempt: job.attempt,
+                    prompt: data.prompt,
+                    metadata: data.metadata,
+                    inputs: data.inputs,
+                };
+                let out = handler.run(self, &input).await?;
+                if let Err(e) = self.limits.check_output(out.text.len()) {
+                    // Not retried: the same question tends to get an answer of the same size.
+                    return Err(
+                        JobError::permanent(format!("{}: {e}", self.llm.provider_name())).into(),
+                    );
+                }
+                (out.text, out.usage)
+            }
+        };
+        let stage_roles = self.pipeline.stage(self.stage).unwrap_or_default();
+        let last = self.pipeline.is_last(self.stage);
+        let finished = self
+            .store
+            .finish_stage(
+                &task_id,
+                &StageFinish {
+                    role: self.role,
+                    output: &output,
+                    stage_roles,
+                    last,
+                    started_at_ms,
+                    provider: self.llm.provider_name(),
+                    model: self.llm.model(),
+                    usage,
+                },
+            )
+            .await
+            .map_err(redis_failure)?;
+        match finished {
+            Finished::Gone => Err(JobError::permanent(format!(
+                "task record {task_id} vanished while the stage ran: nothing to write the result to"
+            ))
+            .into()),
+            Finished::Terminal(status) => {
+                tracing::info!(%status, "task finished meanwhile; this output is not stored");
+                Ok(())
+            }
+            Finished::Waiting => Ok(()),
+            Finished::Complete if last => Ok(()),
+            Finished::Complete => self.chain(&job).await,
+        }
+    }
+
+    /// Pushes the next stage's jobs: one per role, each guarded by the task id (every role
+    /// appears once in a pipeline), so a re-run or a second completing branch adds nothing.
+    async fn chain(&self, job: &Envelope<StageJob>) -> Result<(), JobFailure> {
+        let next = self.stage + 1;
+        let task_id = job.args.task_id.to_string();
+        // Continue the task's trace under this job's span when spans are exported;
+        // otherwise a child of the enqueue context.
+        let trace = match crate::current_traceparent() {
+            Some(traceparent) => Some(TraceContext { traceparent }),
+            None => job.args.trace.as_ref().map(TraceContext::child),
+        };
+        let entry = Envelope::new(
+            task_id.clone(),
+            StageJob {
+                task_id: job.args.task_id,
+                stage: next as u32,
+                trace,
+            },
+        )
+        .encode();
+        for role in self.pipeline.stage(next).unwrap_or_default() {
+            let pushed = Queue::new(self.conn.clone(), &self.namespace, role)
+                .map_err(redis_failure)?
+                .with_idempotency_ttl(self.store.ttl())
+                .push(PushEntry {
+                    entry: entry.clone(),
+                    idempotency_key: Some(task_id.clone()),
+                })
                 .await
                 .map_err(redis_failure)?;
-            let status = now.into_iter().flatten().next().unwrap_or(TaskStatus::Dead);
-            tracing::info!(%status, "task finished meanwhile; this output is not stored");
-            return Ok(StageResult::AlreadyFinished(status));
+            if !pushed {
+                tracing::info!(next_role = %role, "next stage's job already enqueued by an earlier completion");
+            }
         }
-        Ok(StageResult::Output(output))
+        Ok(())
     }
 }
 

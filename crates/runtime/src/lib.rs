@@ -11,8 +11,8 @@ mod context;
 mod run;
 
 pub use args::{WorkerArgs, parse_args};
-pub use context::{Llm, LlmStage, RoleContext, StageResult, redis_failure};
-pub use run::{RoleHandler, RoleSpec, RuntimeError, main, run};
+pub use context::{Llm, RoleContext, StageInput, StageOutput, redis_failure};
+pub use run::{RoleHandler, RoleSpec, RuntimeError, main, role_main, run};
 
 pub use agentfleet_queue::{Delivery, JobFailure};
 pub use agentfleet_telemetry::current_traceparent;

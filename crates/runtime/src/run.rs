@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use agentfleet_job::JobError;
 use agentfleet_queue::{
-    ConnectOptions, Delivery, Disposition, JobFailure, Namespace, Queue, RedisBackend, TaskStore,
-    WorkerOptions, WorkerStatus, check_access, connect,
+    ConnectOptions, Delivery, Disposition, JobFailure, Namespace, Queue, QueueError, RedisBackend,
+    TaskStore, WorkerOptions, WorkerStatus, agree_on_pipeline, check_access, connect,
 };
 use agentfleet_telemetry::{Metrics, Readiness, init_logging, job_span, serve};
 use apalis::layers::WorkerBuilderExt;
@@ -17,26 +17,29 @@ use futures::future::BoxFuture;
 use std::panic::AssertUnwindSafe;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::{Llm, RoleContext, WorkerArgs};
+use crate::{Llm, RoleContext, StageInput, StageOutput, WorkerArgs};
 
 /// What makes a role a role.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RoleSpec {
     /// Queue name and metrics label: `reasoning`, `synthesis`, ...
-    pub name: &'static str,
+    pub name: String,
     /// Where `/metrics` listens when `--metrics-addr` is not given.
     pub default_metrics_addr: &'static str,
     /// Instruction given to the model when `--system-prompt` is not.
-    pub default_system_prompt: &'static str,
+    pub default_system_prompt: String,
 }
 
-/// A role's job logic: given one delivery, do the work or say why not.
+/// A role's own logic: given the task and the outputs of the stage before, produce this
+/// role's output (usually one call to `ctx.llm`). Everything else (reading and writing the
+/// task record, reusing an earlier attempt's output, chaining the next stage, retries and
+/// dead letters) is the runtime's.
 pub trait RoleHandler: Send + Sync + 'static {
-    fn handle<'a>(
+    fn run<'a>(
         &'a self,
         ctx: &'a RoleContext,
-        delivery: &'a Delivery,
-    ) -> BoxFuture<'a, Result<(), JobFailure>>;
+        input: &'a StageInput,
+    ) -> BoxFuture<'a, Result<StageOutput, JobError>>;
 }
 
 /// Start-up failures: reported before the worker takes any job.
@@ -57,6 +60,8 @@ pub enum RuntimeError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("role {role:?} is not in the pipeline {pipeline:?} (--pipeline)")]
+    NotInPipeline { role: String, pipeline: String },
     #[error("bad default metrics address {0:?}")]
     DefaultAddr(&'static str),
     #[error(transparent)]
@@ -76,7 +81,10 @@ impl RuntimeError {
     pub fn exit_code(&self) -> u8 {
         use agentfleet_job::exit;
         match self {
-            Self::Provider(_) | Self::SystemPrompt(_) | Self::Name(_) => exit::USAGE,
+            Self::Provider(_)
+            | Self::SystemPrompt(_)
+            | Self::Name(_)
+            | Self::NotInPipeline { .. } => exit::USAGE,
             Self::Queue(agentfleet_queue::QueueError::Config(_)) => exit::USAGE,
             Self::Queue(agentfleet_queue::QueueError::InvalidName(_)) => exit::USAGE,
             Self::Queue(_) | Self::HandBack(_) => exit::REDIS_UNAVAILABLE,
@@ -172,7 +180,7 @@ impl<H: RoleHandler> tower::Service<Task<Delivery>> for RoleService<H> {
         Box::pin(async move {
             // A panic in a handler or a provider is that job's transient failure: the job
             // is settled (retried) and its slot freed, and the worker keeps its concurrency.
-            match AssertUnwindSafe(handler.handle(&ctx, &delivery))
+            match AssertUnwindSafe(ctx.run_stage(handler.as_ref(), &delivery))
                 .catch_unwind()
                 .await
             {
@@ -208,17 +216,26 @@ pub async fn run<H: RoleHandler>(
     handler: H,
 ) -> Result<(), RuntimeError> {
     let _fail_points = fail::FailScenario::setup();
+    // Metric labels and log fields borrow the role's name for the whole process.
+    let role: &'static str = Box::leak(spec.name.clone().into_boxed_str());
     let telemetry = init_logging(
         args.log_format,
         args.otlp_endpoint.as_deref(),
-        &format!("agentfleet-{}", spec.name),
+        &format!("agentfleet-{role}"),
     )?;
     let provider = agentfleet_providers::build(&args.provider)?;
     let system_prompt = args
         .provider
-        .system_prompt_or(spec.default_system_prompt)
+        .system_prompt_or(&spec.default_system_prompt)
         .map_err(RuntimeError::SystemPrompt)?;
     let namespace = Namespace::new(&args.namespace)?;
+    let pipeline = Arc::new(args.pipeline.resolve()?);
+    let stage = pipeline
+        .stage_of(role)
+        .ok_or_else(|| RuntimeError::NotInPipeline {
+            role: role.to_owned(),
+            pipeline: pipeline.to_string(),
+        })?;
     let worker_id = worker_id(args.worker_name.as_deref());
     let version = env!("CARGO_PKG_VERSION");
 
@@ -238,11 +255,10 @@ pub async fn run<H: RoleHandler>(
     )?;
 
     let metrics = Metrics::new().map_err(|e| RuntimeError::Metrics(e.to_string()))?;
-    metrics.init_role(spec.name, version, &worker_id);
+    metrics.init_role(role, version, &worker_id);
     let status = Arc::new(WorkerStatus::default());
 
-    let queue =
-        Queue::new(conn.clone(), &namespace, spec.name)?.with_idempotency_ttl(args.record_ttl());
+    let queue = Queue::new(conn.clone(), &namespace, role)?.with_idempotency_ttl(args.record_ttl());
     let store = TaskStore::new(conn.clone(), namespace.clone(), args.record_ttl());
 
     let addr = match args.metrics_addr {
@@ -254,7 +270,6 @@ pub async fn run<H: RoleHandler>(
     };
     let scrape_metrics = metrics.clone();
     let scrape_status = status.clone();
-    let role = spec.name;
     let health = serve(
         addr,
         metrics.clone(),
@@ -275,9 +290,19 @@ pub async fn run<H: RoleHandler>(
     .await
     .map_err(|source| RuntimeError::Listen { addr, source })?;
 
+    let mut term = signal(SignalKind::terminate()).map_err(RuntimeError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(RuntimeError::Signals)?;
+    // Take no job before this worker and the fleet agree on the pipeline: a worker of
+    // another pipeline would run the wrong stage.
+    tokio::select! {
+        agreed = agree_with_fleet(&conn, &namespace, &pipeline) => agreed?,
+        _ = term.recv() => return Ok(()),
+        _ = int.recv() => return Ok(()),
+    }
+
     let observer_metrics = metrics.clone();
     let observer = Arc::new(move |disposition: Disposition, elapsed: Duration| {
-        if disposition != Disposition::LeaseLost {
+        if !matches!(disposition, Disposition::LeaseLost | Disposition::Unsettled) {
             observer_metrics.observe_job(role, disposition.as_str(), elapsed);
         }
     });
@@ -304,12 +329,14 @@ pub async fn run<H: RoleHandler>(
     );
 
     let ctx = Arc::new(RoleContext {
-        role: spec.name,
+        role,
         worker_id: worker_id.clone(),
         namespace,
         store,
         llm: Llm::new(provider.clone(), system_prompt, metrics.clone()),
         limits: args.limits(),
+        pipeline,
+        stage,
         conn,
     });
     let service = RoleService {
@@ -336,8 +363,6 @@ pub async fn run<H: RoleHandler>(
         "worker started"
     );
 
-    let mut term = signal(SignalKind::terminate()).map_err(RuntimeError::Signals)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(RuntimeError::Signals)?;
     let which = tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
@@ -381,6 +406,29 @@ pub async fn run<H: RoleHandler>(
     tracing::info!(handed_back, "worker stopped");
     telemetry.shutdown();
     Ok(())
+}
+
+/// Records or checks the fleet's pipeline, waiting for Redis if it is away (the worker is
+/// not ready meanwhile). A disagreement, or a Redis that refuses us, is final.
+async fn agree_with_fleet(
+    conn: &redis::aio::ConnectionManager,
+    namespace: &Namespace,
+    pipeline: &agentfleet_job::Pipeline,
+) -> Result<(), RuntimeError> {
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match agree_on_pipeline(conn, namespace, pipeline).await {
+            Ok(()) => return Ok(()),
+            Err(e) if matches!(e, QueueError::Config(_)) || e.is_refusal() => {
+                return Err(e.into());
+            }
+            Err(e) => {
+                tracing::warn!(operation = "agree on the pipeline", error = %e, "redis operation failed; will retry");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
 }
 
 /// The apalis worker ended while the process was running: report unhealthy, stop
@@ -438,6 +486,36 @@ async fn sample_queue(queue: Queue, metrics: Metrics, role: &'static str, lease:
     }
 }
 
+/// A role binary's whole `main` when the role takes no flags of its own: parses the worker
+/// flags (exit 64 on a usage error), then [`main`].
+pub async fn role_main<H: RoleHandler>(
+    spec: RoleSpec,
+    binary: &'static str,
+    about: &'static str,
+    handler: H,
+) -> std::process::ExitCode {
+    use clap::{Args, FromArgMatches};
+    let command = WorkerArgs::augment_args(
+        clap::Command::new(binary)
+            .version(env!("CARGO_PKG_VERSION"))
+            .about(about),
+    );
+    let parsed = command
+        .try_get_matches()
+        .and_then(|matches| WorkerArgs::from_arg_matches(&matches));
+    match parsed {
+        Ok(args) => main(spec, args, handler).await,
+        Err(e) => {
+            let _ = e.print();
+            std::process::ExitCode::from(if e.use_stderr() {
+                agentfleet_job::exit::USAGE
+            } else {
+                agentfleet_job::exit::OK
+            })
+        }
+    }
+}
+
 /// A role binary's whole `main`: runs the worker and turns a start-up failure into one
 /// clear line on stderr and a failing exit code.
 pub async fn main<H: RoleHandler>(
@@ -445,10 +523,10 @@ pub async fn main<H: RoleHandler>(
     args: WorkerArgs,
     handler: H,
 ) -> std::process::ExitCode {
-    match run(spec, args, handler).await {
+    match run(spec.clone(), args, handler).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("{}-worker: {e}", spec.name);
+            eprintln!("{name}-worker: {e}", name = spec.name);
             std::process::ExitCode::from(e.exit_code())
         }
     }

@@ -1,69 +1,45 @@
-//! `synthesis-worker`: turns each task's analysis into the final answer, written once.
+//! `synthesis-worker`: turns the notes of the stage before into the final answer.
 #![forbid(unsafe_code)]
 
-use agentfleet_job::{Envelope, SynthesisJob, TaskStatus};
-use agentfleet_queue::{Delivery, JobFailure};
-use agentfleet_runtime::{LlmStage, RoleContext, RoleHandler, RoleSpec, WorkerArgs};
+use agentfleet_job::JobError;
+use agentfleet_runtime::{RoleContext, RoleHandler, RoleSpec, StageInput, StageOutput};
+use futures::future::BoxFuture;
 
 /// Many small short-lived allocations per job (JSON, Redis commands, spans): mimalloc
 /// spends far less CPU on them than glibc malloc (see BENCHMARKS.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use futures::future::BoxFuture;
 
-const SPEC: RoleSpec = RoleSpec {
-    name: "synthesis",
-    default_metrics_addr: "127.0.0.1:9465",
-    default_system_prompt: "You write final answers. Given a question and an analyst's notes on \
-        it, write a clear, direct, well-structured answer for the person who asked. Keep what \
-        the analysis supports; drop the scaffolding.",
-};
-
-#[derive(clap::Parser)]
-#[command(
-    name = "synthesis-worker",
-    version,
-    about = "agentfleet synthesis worker: turns analyses into final answers"
-)]
-struct Cli {
-    #[command(flatten)]
-    worker: WorkerArgs,
-}
+const SYSTEM_PROMPT: &str = "You write final answers. Given a question and other agents' notes \
+    on it, write a clear, direct, well-structured answer for the person who asked. Keep what \
+    the notes support; drop the scaffolding.";
 
 struct Synthesis;
 
 impl RoleHandler for Synthesis {
-    fn handle<'a>(
+    fn run<'a>(
         &'a self,
         ctx: &'a RoleContext,
-        delivery: &'a Delivery,
-    ) -> BoxFuture<'a, Result<(), JobFailure>> {
-        Box::pin(async move {
-            let job: Envelope<SynthesisJob> = ctx.decode(delivery)?;
-            ctx.check_input(&job.args.prompt, &Default::default())?;
-            let task_id = job.args.task_id.to_string();
-            ctx.llm_stage(LlmStage {
-                task_id: &task_id,
-                attempt: job.attempt,
-                running: TaskStatus::Synthesizing,
-                finished: TaskStatus::Done,
-                output_field: "answer",
-                user: format!(
-                    "Question:\n{}\n\nAnalysis:\n{}\n\nWrite the final answer.",
-                    job.args.prompt, job.args.analysis
-                ),
-            })
-            .await?;
-            Ok(())
-        })
+        input: &'a StageInput,
+    ) -> BoxFuture<'a, Result<StageOutput, JobError>> {
+        Box::pin(
+            ctx.llm
+                .complete(input.user_message("Write the final answer.")),
+        )
     }
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    agentfleet_runtime::main(
-        SPEC,
-        agentfleet_runtime::parse_args::<Cli>().worker,
+    let spec = RoleSpec {
+        name: "synthesis".to_owned(),
+        default_metrics_addr: "127.0.0.1:9465",
+        default_system_prompt: SYSTEM_PROMPT.to_owned(),
+    };
+    agentfleet_runtime::role_main(
+        spec,
+        "synthesis-worker",
+        "agentfleet synthesis worker: turns the notes of the stage before into the answer",
         Synthesis,
     )
     .await

@@ -161,12 +161,12 @@ async fn settle(shared: &Shared, delivery: &Delivery, error: Option<&BoxDynError
         if disposition == Disposition::Retried
             && let Some(store) = &shared.store
         {
-            let reason = format!("{role} attempt {attempt}: {message}");
+            let reason = format!("attempt {attempt}: {message}");
             until_done(
                 &shared.health,
                 &shared.halt,
-                "note error on task record",
-                || store.note_error(&next.id, &reason),
+                "note retry on task record",
+                || store.note_retry(&next.id, role, &reason, delay),
             )
             .await;
         }

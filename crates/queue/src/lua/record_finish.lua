@@ -1,17 +1,39 @@
 #!lua
--- A role finished a task's stage: write its output once.
+-- A role finished its stage of a task: store its output once, and say whether the stage is
+-- complete (every role of it done), so that exactly the completing writes chain the next.
 -- KEYS[1] task record hash
--- ARGV[1] the output field, ARGV[2] its value, ARGV[3] status after this stage,
--- ARGV[4] new record lifetime (ms), or 0 to keep the one set at enqueue,
--- ARGV[5..] more field/value pairs (timings, usage, model)
--- A task in a terminal state (`done`, `dead`) is never changed again: its answer is
--- written once, and a dead task stays dead until its dead letter is replayed.
--- Returns 1 when written, 0 when the task was already terminal, -1 when the record is gone.
+-- ARGV[1] role, ARGV[2] output, ARGV[3] now (ms), ARGV[4] '1' when this is the last stage,
+-- ARGV[5] record lifetime (ms) from now, applied when the task is done,
+-- ARGV[6] n, the number of roles of this stage, ARGV[7..6+n] those roles,
+-- ARGV[7+n..] more field/value pairs (timings, usage, model), stored with a new output only
+-- Returns 'gone'; 'done' for a task already done (nothing changes); 'dead' for a dead task
+-- (the output is still stored, so that when the dead branch of this stage is replayed the
+-- stage can complete, but nothing chains); 'waiting' (a parallel role of the stage has not
+-- finished); or 'complete'. A re-run of a role that already finished gets 'complete' again
+-- when the stage is: the next stage's push is guarded by an idempotency key, so completing
+-- twice chains once.
+local role = ARGV[1]
 local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return -1 end
-if status == 'done' or status == 'dead' then return 0 end
-local fields = {ARGV[1], ARGV[2], 'status', ARGV[3]}
-for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
-redis.call('HSET', KEYS[1], unpack(fields))
-if ARGV[4] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
-return 1
+if not status then return 'gone' end
+if status == 'done' then return status end
+local n = tonumber(ARGV[6])
+local set = {role .. '.state', 'done', 'updated_at_ms', ARGV[3]}
+if redis.call('HEXISTS', KEYS[1], role .. '.output') == 0 then
+  set[#set + 1] = role .. '.output'
+  set[#set + 1] = ARGV[2]
+  set[#set + 1] = role .. '.finished_at_ms'
+  set[#set + 1] = ARGV[3]
+  for i = 7 + n, #ARGV do set[#set + 1] = ARGV[i] end
+end
+redis.call('HSET', KEYS[1], unpack(set))
+if status == 'dead' then return status end
+for i = 7, 6 + n do
+  if ARGV[i] ~= role and redis.call('HGET', KEYS[1], ARGV[i] .. '.state') ~= 'done' then
+    return 'waiting'
+  end
+end
+if ARGV[4] == '1' then
+  redis.call('HSET', KEYS[1], 'status', 'done')
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+end
+return 'complete'

@@ -1,20 +1,35 @@
 #!lua
--- A role starts work on a task: note it on the task record, and say what is already there.
+-- A role starts work on a task: note it on the task record, and return what the role
+-- works from.
 -- KEYS[1] task record hash
--- ARGV[1] role, ARGV[2] attempt, ARGV[3] worker id, ARGV[4] now (ms), ARGV[5] status to
--- show while this role works, ARGV[6] the record field this role writes its output to
--- Returns {status before, existing output or false}. A record that is gone (expired or
--- never created) is left absent and reported as {false, false}. A task in a terminal state
--- (`done`, `dead`) is not touched: a re-delivered copy of one of its jobs never brings it
--- back (only `dlq replay` leaves `dead`, through record_requeue.lua).
-local cur = redis.call('HMGET', KEYS[1], 'status', ARGV[6])
-if not cur[1] then return {false, false} end
-if cur[1] == 'done' or cur[1] == 'dead' then return cur end
+-- ARGV[1] role, ARGV[2] attempt, ARGV[3] worker id, ARGV[4] now (ms), ARGV[5] the role's
+-- stage index, ARGV[6..] the roles whose outputs it reads (the stage before)
+-- Returns {status, stage, prompt, metadata, own output, input 1, ...} (absent fields as
+-- nil). A record that is gone is left absent: {} . A task in a terminal state (`done`,
+-- `dead`) is not touched and only its status is returned: a re-delivered copy of one of its
+-- jobs never brings it back (only `dlq replay` leaves `dead`, through record_requeue.lua).
 local role = ARGV[1]
-redis.call('HSET', KEYS[1],
+local fields = {'status', 'stage', 'prompt', 'metadata', role .. '.output'}
+for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] .. '.output' end
+local cur = redis.call('HMGET', KEYS[1], unpack(fields))
+if not cur[1] then return {} end
+if cur[1] == 'done' or cur[1] == 'dead' then return {cur[1]} end
+local set = {
   role .. '.attempts', ARGV[2],
   role .. '.worker_id', ARGV[3],
   role .. '.started_at_ms', ARGV[4],
   'updated_at_ms', ARGV[4],
-  'status', ARGV[5])
+  'status', 'running',
+}
+-- A role whose output is stored is done; a re-run only reuses that output.
+if not cur[5] then
+  set[#set + 1] = role .. '.state'
+  set[#set + 1] = 'running'
+end
+-- The task's stage only moves forward (a late copy of an earlier stage does not move it).
+if tonumber(ARGV[5]) > tonumber(cur[2] or '-1') then
+  set[#set + 1] = 'stage'
+  set[#set + 1] = ARGV[5]
+end
+redis.call('HSET', KEYS[1], unpack(set))
 return cur
