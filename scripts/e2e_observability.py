@@ -131,43 +131,13 @@ def main():
 
 
 def cleanup_namespace():
-    """Deletes the fleet's keys (a tiny RESP client: no redis-cli needed)."""
-    rest = REDIS_URL.split("://", 1)[1].split("@")[-1].split("/")[0]
-    host, _, port = rest.partition(":")
-    try:
-        s = socket.create_connection((host, int(port or 6379)), timeout=5)
-    except OSError:
-        return
-    f = s.makefile("rwb")
-
-    def cmd(*args):
-        f.write(b"*%d\r\n" % len(args))
-        for a in args:
-            a = a.encode() if isinstance(a, str) else a
-            f.write(b"$%d\r\n%s\r\n" % (len(a), a))
-        f.flush()
-        return read()
-
-    def read():
-        line = f.readline()
-        kind, rest = line[:1], line[1:-2]
-        if kind in (b"+", b"-", b":"):
-            return rest
-        if kind == b"$":
-            n = int(rest)
-            return None if n < 0 else f.read(n + 2)[:-2]
-        if kind == b"*":
-            return [read() for _ in range(int(rest))]
-
-    for pattern in (NAMESPACE + ":*", "{" + NAMESPACE + ":*"):
-        cursor = b"0"
-        while True:
-            cursor, keys = cmd("SCAN", cursor, "MATCH", pattern, "COUNT", "1000")
-            for k in keys:
-                cmd("DEL", k)
-            if cursor == b"0":
-                break
-    s.close()
+    """Deletes the fleet's keys through the CLI (only crates/queue knows key names)."""
+    subprocess.run(
+        [os.path.join(BIN, "agentfleet"), "--namespace", NAMESPACE, "delete-namespace", "--yes"],
+        env={**os.environ, "REDIS_URL": REDIS_URL},
+        stdout=subprocess.DEVNULL,
+        check=False,
+    )
 
 
 if __name__ == "__main__":

@@ -482,7 +482,7 @@ fn delete_namespace(redis: &RedisArgs, ns: &Namespace) -> anyhow::Result<()> {
     let client = redis.client()?;
     let mut conn = client.get_connection_with_timeout(Duration::from_secs(2))?;
     conn.set_read_timeout(Some(Duration::from_secs(30)))?;
-    for pattern in [format!("{ns}:*"), format!("{{{ns}:*")] {
+    for pattern in ns.key_patterns() {
         let keys: Vec<String> = redis::cmd("SCAN")
             .cursor_arg(0)
             .arg("MATCH")

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use agentfleet_job::{Pipeline, exit};
 use agentfleet_queue::{
-    ConnectOptions, Namespace, PipelineArgs, Queue, QueueError, RedisArgs, TaskStore,
-    agree_on_pipeline, connect, record_pipeline, recorded_pipeline,
+    ConnectOptions, FleetArgs, Namespace, PipelineArgs, Queue, QueueError, RedisArgs, TaskStore,
+    agree_on_pipeline, connect, delete_namespace, record_pipeline, recorded_pipeline,
 };
 use clap::{Parser, Subcommand};
 
@@ -42,30 +42,11 @@ struct Cli {
     #[command(flatten)]
     redis: RedisArgs,
 
-    /// Key prefix of the fleet (as given to its workers).
-    #[arg(
-        long,
-        global = true,
-        env = "AGENTFLEET_NAMESPACE",
-        default_value = "agentfleet"
-    )]
-    namespace: String,
+    #[command(flatten)]
+    fleet: FleetArgs,
 
     #[command(flatten)]
     pipeline: PipelineArgs,
-
-    /// A worker silent for longer than this is not counted as live (match the workers' flag).
-    #[arg(
-        long,
-        global = true,
-        env = "AGENTFLEET_LEASE_TIMEOUT_SECS",
-        default_value_t = 30
-    )]
-    lease_timeout_secs: u64,
-
-    /// Lifetime of task records (match the workers' flag).
-    #[arg(long, global = true, env = "AGENTFLEET_RECORD_TTL_SECS", default_value_t = 7 * 24 * 3600)]
-    record_ttl_secs: u64,
 
     #[command(subcommand)]
     command: Command,
@@ -101,6 +82,13 @@ enum Command {
     /// Dead letters: list, show, replay, purge.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
+    /// Delete every key of the namespace: queues, records, dead letters, the pipeline (stop
+    /// the workers first). Needs an ACL user allowed SCAN and UNLINK.
+    DeleteNamespace {
+        /// Confirm: this cannot be undone.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Show the fleet's pipeline, or change it with `set` (producers and workers given
     /// another are refused until they are restarted with this one).
     Pipeline {
@@ -152,7 +140,7 @@ impl Fleet {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let namespace = Namespace::new(&cli.namespace).map_err(|e| usage!("--namespace: {e}"))?;
+    let namespace = Namespace::new(&cli.fleet.namespace).map_err(|e| usage!("--namespace: {e}"))?;
     if cli.redis.tls_insecure {
         eprintln!(
             "agentfleet: WARNING: --redis-tls-insecure: Redis's certificate is not verified (development only)"
@@ -164,6 +152,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         // A producer records the fleet's pipeline, or must agree with it, once its input
         // is checked (`Fleet::agree`).
         Command::Enqueue(_) => given,
+        // Deleting needs no pipeline (not even a readable one).
+        Command::DeleteNamespace { .. } => given,
         Command::Pipeline { set: Some(text) } => {
             let pipeline: Pipeline = text.parse().map_err(|e| usage!("--set {text:?}: {e}"))?;
             record_pipeline(&conn, &namespace, &pipeline).await?;
@@ -182,14 +172,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         },
     };
     let fleet = Fleet {
-        store: TaskStore::new(
-            conn.clone(),
-            namespace.clone(),
-            Duration::from_secs(cli.record_ttl_secs.max(1)),
-        ),
+        store: TaskStore::new(conn.clone(), namespace.clone(), cli.fleet.record_ttl()),
         namespace,
         pipeline,
-        lease: Duration::from_secs(cli.lease_timeout_secs.max(1)),
+        lease: cli.fleet.lease(),
         conn,
     };
     match cli.command {
@@ -202,6 +188,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dlq(cmd) => dlq::run(&fleet, cmd).await,
         Command::Pipeline { .. } => {
             println!("{}", fleet.pipeline);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DeleteNamespace { yes } => {
+            if !yes {
+                return Err(usage!(
+                    "deleting namespace {} removes every task, queue and dead letter of it: add --yes to confirm",
+                    fleet.namespace
+                ));
+            }
+            let deleted = delete_namespace(&fleet.conn, &fleet.namespace).await?;
+            println!("deleted {deleted} keys of namespace {}", fleet.namespace);
             Ok(ExitCode::SUCCESS)
         }
         // The bench makes its own namespaces (and its own Redis when none answers).

@@ -175,7 +175,7 @@ impl Fleet {
         let mut conn = self.conn();
         let mut pipe = redis::pipe();
         for id in ids {
-            pipe.hget(format!("{}:task:{id}", self.namespace), "status");
+            pipe.hget(self.ns().task(id), "status");
         }
         let raw: Vec<Option<String>> = pipe.query(&mut conn).expect("read statuses");
         raw.into_iter()
@@ -185,7 +185,7 @@ impl Fleet {
 
     /// How many of the tasks have `role`'s output stored (that stage done for them).
     pub fn count_stage_done(&self, ids: &[String], role: &str) -> usize {
-        let namespace = agentfleet_queue::Namespace::new(&self.namespace).expect("namespace");
+        let namespace = self.ns();
         let mut pipe = redis::pipe();
         for id in ids {
             pipe.hget(namespace.task(id), format!("{role}.state"));
@@ -204,9 +204,14 @@ impl Fleet {
             .count()
     }
 
-    /// A key of one role's queue, e.g. `key("reasoning", "pending")`.
-    pub fn key(&self, role: &str, suffix: &str) -> String {
-        format!("{{{}:{role}}}:{suffix}", self.namespace)
+    /// The Redis keys of one role's queue in this fleet (named by `crates/queue` only).
+    pub fn queue_keys(&self, role: &str) -> agentfleet_queue::QueueKeys {
+        self.ns().queue(role).expect("a valid role name")
+    }
+
+    /// This fleet's namespace, as `crates/queue` names its keys.
+    pub fn ns(&self) -> agentfleet_queue::Namespace {
+        agentfleet_queue::Namespace::new(&self.namespace).expect("a valid namespace")
     }
 
     pub fn queue_counts(&self) -> serde_json::Value {
@@ -241,10 +246,7 @@ impl Fleet {
     fn try_keys(&self) -> redis::RedisResult<Vec<String>> {
         let mut conn = self.client.get_connection()?;
         let mut keys: Vec<String> = Vec::new();
-        for pattern in [
-            format!("{}:*", self.namespace),
-            format!("{{{}:*", self.namespace),
-        ] {
+        for pattern in self.ns().key_patterns() {
             let iter: redis::Iter<String> = redis::cmd("SCAN")
                 .cursor_arg(0)
                 .arg("MATCH")

@@ -132,11 +132,11 @@ fn json_logs_carry_task_id_role_and_attempt_on_every_job_line() {
 /// Keys that are not per task: the queues' fixed structures (stats, worker registries,
 /// and lists or sets that still hold entries).
 fn fixed_keys(fleet: &Fleet) -> Vec<String> {
-    let per_task = [format!("{}:task:", fleet.namespace), ":idem:".to_owned()];
+    let ns = fleet.ns();
     fleet
         .keys()
         .into_iter()
-        .filter(|k| !per_task.iter().any(|p| k.contains(p.as_str())))
+        .filter(|k| !ns.is_per_task_key(k))
         .collect()
 }
 
@@ -180,6 +180,7 @@ fn after_100k_tasks_only_expiring_per_task_keys_remain() {
         keys.len()
     );
     let mut conn = fleet.conn();
+    let ns = fleet.ns();
     for chunk in keys.chunks(5_000) {
         let mut pipe = redis::pipe();
         for k in chunk {
@@ -187,8 +188,7 @@ fn after_100k_tasks_only_expiring_per_task_keys_remain() {
         }
         let ttls: Vec<i64> = pipe.query(&mut conn).unwrap();
         for (k, t) in chunk.iter().zip(ttls) {
-            let per_task = k.contains(":task:") || k.contains(":idem:");
-            if per_task {
+            if ns.is_per_task_key(k) {
                 assert!(t > 0 && t <= ttl * 1000, "{k} has no lifetime (pttl {t})");
             }
         }

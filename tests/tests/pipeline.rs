@@ -50,14 +50,27 @@ fn namespaces_on_one_redis_do_not_see_each_other() {
     assert!(wait_until(Duration::from_secs(20), || a
         .count_status(&in_a, TaskStatus::Done)
         == 5));
-    // b has no workers: its tasks stay queued, and a's workers never touched them.
-    std::thread::sleep(Duration::from_millis(500));
+    // a's workers are done and idle; b has none: its tasks stay queued and untouched, and
+    // nothing of a (a worker, a delivery, a counter) shows up in b.
+    let a_counts = a.settled_counts();
+    assert_eq!(a_counts[1]["done"], 5);
     assert_eq!(b.count_status(&in_b, TaskStatus::Queued), 3);
+    for role in b.queue_counts().as_array().expect("roles") {
+        let touched = ["in_flight", "done", "retried", "recovered", "dead"]
+            .iter()
+            .any(|f| role[*f] != 0)
+            || role["live_workers"] != serde_json::json!([]);
+        assert!(!touched, "a's workers touched b: {role}");
+    }
     assert_eq!(b.queue_counts()[0]["pending"], 3);
-    // Each namespace's CLI sees only its own tasks.
+    // Each namespace's CLI sees only its own tasks, and no key of one is under the other.
     let out = b.cli(&["status", &in_a[0]]);
     assert!(!out.status.success());
-    assert!(a.keys().iter().all(|k| k.contains(&a.namespace)));
+    let b_keys = b.keys();
+    assert!(
+        a.keys().iter().all(|k| !b_keys.contains(k)),
+        "the namespaces share keys"
+    );
 }
 
 #[test]

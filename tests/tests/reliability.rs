@@ -305,7 +305,7 @@ fn garbage_entries_are_dead_lettered_and_the_worker_keeps_going() {
     let _r = fleet.worker("reasoning").spawn();
     let _s = fleet.worker("synthesis").spawn();
     let mut conn = fleet.conn();
-    let pending = fleet.key("reasoning", "pending");
+    let pending = fleet.queue_keys("reasoning").pending();
     let garbage: [&[u8]; 3] = [
         b"\xff\xfe not json at all",
         br#"{"attempt":0,"v":1,"id":"wrong-shape","enqueued_at_ms":1,"args":{"nope":true}}"#,
@@ -365,7 +365,7 @@ fn a_reasoning_rerun_after_chaining_creates_no_second_synthesis_job() {
     };
     let mut conn = fleet.conn();
     let _: () = redis::cmd("LPUSH")
-        .arg(fleet.key("reasoning", "pending"))
+        .arg(fleet.queue_keys("reasoning").pending())
         .arg(job(0))
         .query(&mut conn)
         .unwrap();
@@ -392,7 +392,7 @@ fn a_reasoning_rerun_after_chaining_creates_no_second_synthesis_job() {
     // A late synthesis re-run (a copy delivered after the answer was written) is
     // acknowledged without running and does not touch the answer.
     let _: () = redis::cmd("LPUSH")
-        .arg(fleet.key("synthesis", "pending"))
+        .arg(fleet.queue_keys("synthesis").pending())
         .arg(job(1))
         .query(&mut conn)
         .unwrap();

@@ -213,7 +213,11 @@ fn the_pipeline_runs_as_the_readme_acl_users_and_fails_clearly_without_them() {
 
     // A dead letter (an entry pushed by someone else), handled with every dlq command.
     redis
-        .admin(&["LPUSH", &admin.key("reasoning", "pending"), "not json"])
+        .admin(&[
+            "LPUSH",
+            &admin.queue_keys("reasoning").pending(),
+            "not json",
+        ])
         .unwrap();
     assert!(wait_until(Duration::from_secs(15), || as_cli
         .queue_counts()[0]["dead"]
@@ -462,7 +466,7 @@ fn oversize_input_is_refused_by_the_cli_and_dead_lettered_by_workers_without_a_p
     let (huge, entry2) = raw_task(&fleet, "fine".to_owned(), 4 * 1024 * 1024);
     let mut conn = fleet.conn();
     let _: () = redis::cmd("LPUSH")
-        .arg(fleet.key("reasoning", "pending"))
+        .arg(fleet.queue_keys("reasoning").pending())
         .arg(&entry1)
         .arg(&entry2)
         .query(&mut conn)
@@ -528,12 +532,16 @@ fn a_repeated_idempotent_enqueue_prints_the_first_id_and_writes_nothing() {
     let mut keys = fleet.keys();
     keys.sort();
     assert_eq!(keys, keys_after_first, "nothing written");
-    let tasks: Vec<_> = keys.iter().filter(|k| k.contains(":task:")).collect();
+    let task_prefix = fleet.ns().task("");
+    let tasks: Vec<_> = keys
+        .iter()
+        .filter(|k| k.starts_with(&task_prefix))
+        .collect();
     assert_eq!(tasks.len(), 1, "{keys:?}");
     assert_eq!(fleet.queue_counts()[0]["pending"], 1);
     // The key holds the task id and lives as long as the record.
     let mut conn = fleet.conn();
-    let idem = fleet.key("reasoning", "idem:K");
+    let idem = fleet.queue_keys("reasoning").idempotency("K");
     let held: String = redis::cmd("GET").arg(&idem).query(&mut conn).unwrap();
     assert_eq!(held, first.trim());
     let key_ttl: i64 = redis::cmd("PTTL").arg(&idem).query(&mut conn).unwrap();

@@ -62,6 +62,19 @@ impl Namespace {
         format!("{}:pipeline", self.0)
     }
 
+    /// SCAN patterns that together match every key of this namespace: the ones it prefixes
+    /// and the queue keys under its hash tags.
+    pub fn key_patterns(&self) -> [String; 2] {
+        [format!("{}:*", self.0), format!("{{{}:*", self.0)]
+    }
+
+    /// True for the keys that belong to one task and expire with it (its record, and the
+    /// idempotency keys guarding its jobs), as opposed to a fleet's fixed keys.
+    pub fn is_per_task_key(&self, key: &str) -> bool {
+        key.starts_with(&format!("{}:task:", self.0))
+            || (key.starts_with(&format!("{{{}:", self.0)) && key.contains("}:idem:"))
+    }
+
     /// The pattern matching every task record, for SCAN.
     pub fn task_pattern(&self) -> String {
         format!("{}:task:*", self.0)

@@ -14,8 +14,8 @@ mod backend;
 mod connection;
 mod dead_letter;
 mod error;
+mod fleet;
 mod keys;
-mod pipeline;
 mod queue;
 mod scripts;
 mod store;
@@ -27,8 +27,11 @@ pub use backend::{
 pub use connection::{ConnectOptions, RedisArgs, RedisUrl, check_access, connect};
 pub use dead_letter::DeadLetter;
 pub use error::QueueError;
+pub use fleet::{
+    FleetArgs, PipelineArgs, agree_on_pipeline, delete_namespace, record_pipeline,
+    recorded_pipeline,
+};
 pub use keys::{InvalidName, Namespace, QueueKeys};
-pub use pipeline::{PipelineArgs, agree_on_pipeline, record_pipeline, recorded_pipeline};
 pub use queue::{
     Enqueued, Fetched, NewTask, PushEntry, Queue, QueueCounts, RecoveryReport, unreadable_id,
 };

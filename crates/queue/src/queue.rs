@@ -749,13 +749,20 @@ fn entry_id(entry: &str) -> String {
 /// pile up.
 pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
 
-/// A job id for entries that carry none (undecodable bytes).
+/// A job id for entries that carry none (undecodable bytes): `unreadable-<SHA-1 hex>`, as
+/// `recover.lua` names them (`redis.sha1hex`), so an entry has one id wherever it dies.
 pub fn unreadable_id(raw: &[u8]) -> String {
-    // FNV-1a: stable and cheap; the id only has to tell two garbage entries apart.
-    let mut hash: u64 = 0xcbf29ce484222325;
-    for b in raw {
-        hash ^= u64::from(*b);
-        hash = hash.wrapping_mul(0x100000001b3);
+    format!("unreadable-{}", sha1_smol::Sha1::from(raw).digest())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn unreadable_ids_are_the_sha1_redis_computes() {
+        // redis-cli EVAL "return redis.sha1hex(ARGV[1])" 0 'not json'
+        assert_eq!(
+            super::unreadable_id(b"not json"),
+            "unreadable-ed0d1292643d9ed818d9a191829b0f419867f874"
+        );
     }
-    format!("unreadable-{hash:016x}")
 }

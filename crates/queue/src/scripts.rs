@@ -2,6 +2,9 @@
 //! called by SHA (redis-rs sends EVALSHA and loads the script on NOSCRIPT, e.g. after a
 //! Redis restart).
 //!
+//! Each script is assembled at build time: its flags line, the shared helpers of
+//! `lua/lib/prelude.lua` (Redis's time, the attempt prefix, chunked pushes), then its file.
+//!
 //! Every script starts with a `#!lua` line (Redis 7.0 script flags). Without it Redis checks
 //! `maxmemory` command by command, so a script refused half-way would keep its deletes and
 //! lose its writes: an entry taken off a list and never put anywhere. With it, a writing
@@ -12,6 +15,18 @@
 use std::sync::LazyLock;
 
 use redis::Script;
+
+/// `flags` line + prelude + `lua/<file>`, as one string at compile time.
+macro_rules! script {
+    ($flags:literal, $file:literal) => {
+        Script::new(concat!(
+            $flags,
+            "\n",
+            include_str!("lua/lib/prelude.lua"),
+            include_str!(concat!("lua/", $file))
+        ))
+    };
+}
 
 pub(crate) struct Scripts {
     pub push: Script,
@@ -36,23 +51,23 @@ pub(crate) struct Scripts {
 }
 
 pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
-    push: Script::new(include_str!("lua/push.lua")),
-    fetch: Script::new(include_str!("lua/fetch.lua")),
-    ack: Script::new(include_str!("lua/ack.lua")),
-    retry: Script::new(include_str!("lua/retry.lua")),
-    dead: Script::new(include_str!("lua/dead.lua")),
-    recover: Script::new(include_str!("lua/recover.lua")),
-    handback: Script::new(include_str!("lua/handback.lua")),
-    promote: Script::new(include_str!("lua/promote.lua")),
-    replay: Script::new(include_str!("lua/replay.lua")),
-    purge: Script::new(include_str!("lua/purge.lua")),
-    expire_dead: Script::new(include_str!("lua/expire_dead.lua")),
-    record_start: Script::new(include_str!("lua/record_start.lua")),
-    record_finish: Script::new(include_str!("lua/record_finish.lua")),
-    record_requeue: Script::new(include_str!("lua/record_requeue.lua")),
-    record_dead: Script::new(include_str!("lua/record_dead.lua")),
-    record_retry: Script::new(include_str!("lua/record_retry.lua")),
-    heartbeat: Script::new(include_str!("lua/heartbeat.lua")),
-    expired_workers: Script::new(include_str!("lua/expired_workers.lua")),
-    release: Script::new(include_str!("lua/release.lua")),
+    push: script!("#!lua", "push.lua"),
+    fetch: script!("#!lua", "fetch.lua"),
+    ack: script!("#!lua flags=allow-oom", "ack.lua"),
+    retry: script!("#!lua", "retry.lua"),
+    dead: script!("#!lua", "dead.lua"),
+    recover: script!("#!lua", "recover.lua"),
+    handback: script!("#!lua", "handback.lua"),
+    promote: script!("#!lua", "promote.lua"),
+    replay: script!("#!lua", "replay.lua"),
+    purge: script!("#!lua flags=allow-oom", "purge.lua"),
+    expire_dead: script!("#!lua flags=allow-oom", "expire_dead.lua"),
+    record_start: script!("#!lua", "record_start.lua"),
+    record_finish: script!("#!lua", "record_finish.lua"),
+    record_requeue: script!("#!lua", "record_requeue.lua"),
+    record_dead: script!("#!lua", "record_dead.lua"),
+    record_retry: script!("#!lua", "record_retry.lua"),
+    heartbeat: script!("#!lua", "heartbeat.lua"),
+    expired_workers: script!("#!lua flags=no-writes", "expired_workers.lua"),
+    release: script!("#!lua", "release.lua"),
 });

@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use agentfleet_job::Limits;
 use agentfleet_providers::ProviderArgs;
-use agentfleet_queue::{FailurePolicy, PipelineArgs, RedisArgs};
+use agentfleet_queue::{FailurePolicy, FleetArgs, PipelineArgs, RedisArgs};
 use agentfleet_telemetry::LogFormat;
 use clap::Args;
 
@@ -18,9 +18,8 @@ pub struct WorkerArgs {
     #[command(flatten)]
     pub pipeline: PipelineArgs,
 
-    /// Prefix of every Redis key, so several fleets (or test runs) share one Redis.
-    #[arg(long, env = "AGENTFLEET_NAMESPACE", default_value = "agentfleet")]
-    pub namespace: String,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
 
     /// Jobs this process runs at once (LLM calls are I/O: hundreds are fine).
     #[arg(long, env = "AGENTFLEET_CONCURRENCY", default_value_t = 50)]
@@ -48,19 +47,10 @@ pub struct WorkerArgs {
     #[arg(long, env = "AGENTFLEET_BACKOFF_MAX_MS", default_value_t = 300_000)]
     pub backoff_max_ms: u64,
 
-    /// A worker silent (no heartbeat) for this long is presumed dead and its jobs are
-    /// re-run by others.
-    #[arg(long, env = "AGENTFLEET_LEASE_TIMEOUT_SECS", default_value_t = 30)]
-    pub lease_timeout_secs: u64,
-
     /// On SIGTERM/SIGINT, how long in-flight jobs may take to finish before they are
     /// handed back to the queue.
     #[arg(long, env = "AGENTFLEET_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     pub shutdown_grace_secs: u64,
-
-    /// Lifetime of task records and dead letters.
-    #[arg(long, env = "AGENTFLEET_RECORD_TTL_SECS", default_value_t = 7 * 24 * 3600)]
-    pub record_ttl_secs: u64,
 
     /// Log line format.
     #[arg(
@@ -129,11 +119,11 @@ impl WorkerArgs {
     }
 
     pub fn lease(&self) -> Duration {
-        Duration::from_secs(self.lease_timeout_secs.max(1))
+        self.fleet.lease()
     }
 
     pub fn record_ttl(&self) -> Duration {
-        Duration::from_secs(self.record_ttl_secs.max(1))
+        self.fleet.record_ttl()
     }
 
     pub fn policy(&self) -> FailurePolicy {

@@ -228,7 +228,7 @@ pub async fn run<H: RoleHandler>(
         .provider
         .system_prompt_or(&spec.default_system_prompt)
         .map_err(RuntimeError::SystemPrompt)?;
-    let namespace = Namespace::new(&args.namespace)?;
+    let namespace = args.fleet.namespace()?;
     let pipeline = Arc::new(args.pipeline.resolve()?);
     let stage = pipeline
         .stage_of(role)
@@ -331,7 +331,7 @@ pub async fn run<H: RoleHandler>(
     let ctx = Arc::new(RoleContext {
         role,
         worker_id: worker_id.clone(),
-        namespace,
+        namespace: namespace.clone(),
         store,
         llm: Llm::new(provider.clone(), system_prompt, metrics.clone()),
         limits: args.limits(),
@@ -358,7 +358,7 @@ pub async fn run<H: RoleHandler>(
         model = provider.model(),
         concurrency = args.concurrency,
         metrics_addr = %health.local_addr,
-        namespace = %args.namespace,
+        namespace = %namespace,
         redis_url = %args.redis.url,
         "worker started"
     );

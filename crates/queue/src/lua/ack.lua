@@ -1,4 +1,3 @@
-#!lua flags=allow-oom
 -- Finish entries that succeeded.
 -- KEYS[1] the worker's in-flight hash, KEYS[2] stats hash
 -- ARGV    the entries, byte for byte as fetch.lua returned them

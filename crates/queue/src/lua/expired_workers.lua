@@ -1,11 +1,9 @@
-#!lua flags=no-writes
 -- List workers whose heartbeat is older than the lease, by Redis's clock.
 -- KEYS[1] workers zset
 -- ARGV[1] lease (ms), ARGV[2] at most this many, ARGV[3] the asking worker's id (never
 -- listed: a worker does not recover itself)
 -- Read-only: the recovery itself (recover.lua) checks again, atomically.
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local now = now_ms()
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[1])),
   'LIMIT', 0, tonumber(ARGV[2]))
 local out = {}

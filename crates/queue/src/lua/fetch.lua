@@ -1,4 +1,3 @@
-#!lua
 -- Hand up to ARGV[2] entries to one worker, counting the delivery atomically.
 -- KEYS[1] pending list, KEYS[2] the worker's in-flight hash, KEYS[3] the worker's claim
 -- list (where a blocking BLMOVE parks one entry), KEYS[4] workers (heartbeat zset)
@@ -10,8 +9,7 @@
 -- envelopes (garbage) pass unchanged; the worker dead-letters them.
 -- Returns the entries as recorded in flight (the worker acks them by these exact bytes).
 local max = tonumber(ARGV[2])
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local now = now_ms()
 redis.call('ZADD', KEYS[4], now, ARGV[1])
 local got = {}
 local parked = redis.call('LRANGE', KEYS[3], 0, -1)
@@ -26,11 +24,7 @@ end
 if #got == 0 then return got end
 local fields = {}
 for i = 1, #got do
-  local entry = got[i]
-  local n = string.match(entry, '^{"attempt":(%d+),')
-  if n then
-    entry = '{"attempt":' .. (tonumber(n) + 1) .. ',' .. string.sub(entry, #n + 13)
-  end
+  local entry = with_attempt(got[i], 1)
   got[i] = entry
   fields[#fields + 1] = entry
   fields[#fields + 1] = now

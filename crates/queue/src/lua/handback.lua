@@ -1,4 +1,3 @@
-#!lua
 -- Give back everything a stopping worker still holds, at once rather than after the lease.
 -- KEYS[1] the worker's in-flight hash, KEYS[2] its claim list, KEYS[3] pending list,
 -- KEYS[4] workers zset
@@ -11,16 +10,9 @@ local parked = redis.call('LRANGE', KEYS[2], 0, -1)
 for i = 1, #parked do back[#back + 1] = parked[i] end
 local held = redis.call('HKEYS', KEYS[1])
 for i = 1, #held do
-  local entry = held[i]
-  local n = string.match(entry, '^{"attempt":(%d+),')
-  if n and tonumber(n) > 0 then
-    entry = '{"attempt":' .. (tonumber(n) - 1) .. ',' .. string.sub(entry, #n + 13)
-  end
-  back[#back + 1] = entry
+  back[#back + 1] = with_attempt(held[i], -1)
 end
-for i = 1, #back, 1000 do
-  redis.call('RPUSH', KEYS[3], unpack(back, i, math.min(i + 999, #back)))
-end
+push_all('RPUSH', KEYS[3], back)
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('ZREM', KEYS[4], ARGV[1])
 return #back

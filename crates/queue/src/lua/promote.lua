@@ -1,11 +1,9 @@
-#!lua
 -- Move scheduled entries that are due onto the pending list, a bounded chunk at a time.
 -- KEYS[1] scheduled zset, KEYS[2] pending list
 -- ARGV[1] at most this many
 -- "Due" is by Redis's clock.
 -- Returns {moved, ms until the next entry is due, or -1 when none is scheduled}.
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local now = now_ms()
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 if #due > 0 then
   redis.call('ZREM', KEYS[1], unpack(due))

@@ -1,4 +1,3 @@
-#!lua flags=allow-oom
 -- Delete dead letters by id.
 -- KEYS[1] dead letters hash, KEYS[2] dead letter index
 -- ARGV    job ids

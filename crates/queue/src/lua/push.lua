@@ -1,4 +1,3 @@
-#!lua
 -- Push entries onto a role's pending list, skipping any whose idempotency key was seen.
 -- KEYS[1]      pending list
 -- KEYS[2..k+1] idempotency keys, one per entry, for the first k entries

@@ -1,4 +1,3 @@
-#!lua
 -- A task's job was dead-lettered: show the task dead with the reason, naming the role.
 -- KEYS[1] task record hash
 -- ARGV[1] reason, ARGV[2] role, ARGV[3] attempts, ARGV[4] now (ms), ARGV[5] record lifetime

@@ -1,4 +1,3 @@
-#!lua
 -- A role finished its stage of a task: store its output once, and say whether the stage is
 -- complete (every role of it done), so that exactly the completing writes chain the next.
 -- KEYS[1] task record hash

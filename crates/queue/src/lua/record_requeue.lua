@@ -1,4 +1,3 @@
-#!lua
 -- A dead task's job was replayed: show it waiting again, unless it has moved on already.
 -- KEYS[1] task record hash
 -- ARGV[1] status to show (`queued` for a first-stage role, else `running`), ARGV[2] now

@@ -1,4 +1,3 @@
-#!lua
 -- A role's attempt failed and another is scheduled: note it on the task record as history.
 -- KEYS[1] task record hash
 -- ARGV[1] role, ARGV[2] the error, ARGV[3] when the next attempt is due (ms, the worker's

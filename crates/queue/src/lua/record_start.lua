@@ -1,4 +1,3 @@
-#!lua
 -- A role starts work on a task: note it on the task record, and return what the role
 -- works from.
 -- KEYS[1] task record hash

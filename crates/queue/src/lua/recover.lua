@@ -1,4 +1,3 @@
-#!lua
 -- Take back every entry held by a worker whose heartbeat is older than the lease.
 -- KEYS[1] workers zset, KEYS[2] that worker's in-flight hash, KEYS[3] its claim list,
 -- KEYS[4] pending list, KEYS[5] dead letters hash, KEYS[6] dead letter index, KEYS[7] stats
@@ -10,8 +9,7 @@
 -- Returns {requeued, dead job id, ...}, or {-1} when the worker is alive after all (or is
 -- the one asking).
 if ARGV[1] == ARGV[5] then return {-1} end
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local now = now_ms()
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if score and tonumber(score) >= now - tonumber(ARGV[2]) then return {-1} end
 local max = tonumber(ARGV[3])
@@ -22,7 +20,7 @@ for i = 1, #parked do requeue[#requeue + 1] = parked[i] end
 local held = redis.call('HKEYS', KEYS[2])
 for i = 1, #held do
   local entry = held[i]
-  local n = tonumber(string.match(entry, '^{"attempt":(%d+),') or '')
+  local n = attempt_of(entry)
   if n and n < max then
     requeue[#requeue + 1] = entry
   else
@@ -45,9 +43,7 @@ for i = 1, #held do
   end
 end
 -- Recovered entries go to the consuming end: they have waited longest.
-for i = 1, #requeue, 1000 do
-  redis.call('RPUSH', KEYS[4], unpack(requeue, i, math.min(i + 999, #requeue)))
-end
+push_all('RPUSH', KEYS[4], requeue)
 if #dead > 0 then redis.call('HINCRBY', KEYS[7], 'dead', #dead) end
 redis.call('HINCRBY', KEYS[7], 'recovered', #requeue)
 redis.call('DEL', KEYS[2], KEYS[3])

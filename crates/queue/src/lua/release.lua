@@ -1,4 +1,3 @@
-#!lua
 -- Give back entries a live worker holds in Redis but not in memory (a fetch whose reply
 -- was lost after it committed): they would otherwise wait for as long as the worker lives.
 -- KEYS[1] the worker's in-flight hash, KEYS[2] pending list
@@ -10,14 +9,8 @@ local back = {}
 for i = 1, #ARGV do
   local entry = ARGV[i]
   if redis.call('HDEL', KEYS[1], entry) == 1 then
-    local n = string.match(entry, '^{"attempt":(%d+),')
-    if n and tonumber(n) > 0 then
-      entry = '{"attempt":' .. (tonumber(n) - 1) .. ',' .. string.sub(entry, #n + 13)
-    end
-    back[#back + 1] = entry
+    back[#back + 1] = with_attempt(entry, -1)
   end
 end
-for i = 1, #back, 1000 do
-  redis.call('RPUSH', KEYS[2], unpack(back, i, math.min(i + 999, #back)))
-end
+push_all('RPUSH', KEYS[2], back)
 return #back

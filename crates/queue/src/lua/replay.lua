@@ -1,4 +1,3 @@
-#!lua
 -- Re-enqueue dead letters, each at most once.
 -- KEYS[1] dead letters hash, KEYS[2] dead letter index, KEYS[3] pending list
 -- ARGV    pairs of (job id, entry to enqueue with its attempts reset)

@@ -1,12 +1,65 @@
-//! The fleet's pipeline: how a process is told it, and how the fleet agrees on it.
+//! What every process of a fleet must be told alike: its namespace, lease and record
+//! lifetime (`FleetArgs`, the defaults' one home), and its pipeline (`PipelineArgs`), which
+//! the fleet also agrees on in Redis.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use agentfleet_job::{DEFAULT_PIPELINE, Pipeline};
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 
 use crate::{Namespace, QueueError};
+
+/// The settings producers and workers of one fleet must share: the same flags, and the one
+/// place their defaults are written.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FleetArgs {
+    /// Prefix of every Redis key, so several fleets (or test runs) share one Redis.
+    #[arg(
+        long,
+        global = true,
+        env = "AGENTFLEET_NAMESPACE",
+        value_name = "NAME",
+        default_value = "agentfleet"
+    )]
+    pub namespace: String,
+
+    /// A worker silent (no heartbeat) for this long is presumed dead and its jobs are
+    /// re-run by others; the CLI counts live workers by it.
+    #[arg(
+        long,
+        global = true,
+        env = "AGENTFLEET_LEASE_TIMEOUT_SECS",
+        value_name = "SECS",
+        default_value_t = 30
+    )]
+    pub lease_timeout_secs: u64,
+
+    /// Lifetime of task records, dead letters and idempotency keys.
+    #[arg(
+        long,
+        global = true,
+        env = "AGENTFLEET_RECORD_TTL_SECS",
+        value_name = "SECS",
+        default_value_t = 7 * 24 * 3600
+    )]
+    pub record_ttl_secs: u64,
+}
+
+impl FleetArgs {
+    pub fn namespace(&self) -> Result<Namespace, QueueError> {
+        Ok(Namespace::new(&self.namespace)?)
+    }
+
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.lease_timeout_secs.max(1))
+    }
+
+    pub fn record_ttl(&self) -> Duration {
+        Duration::from_secs(self.record_ttl_secs.max(1))
+    }
+}
 
 /// How a producer or a worker is told the pipeline: the same flags for both.
 #[derive(Debug, Clone, clap::Args)]
@@ -104,4 +157,39 @@ pub async fn record_pipeline(
         .set(namespace.pipeline(), pipeline.to_string())
         .await?;
     Ok(())
+}
+
+/// Deletes every key of a namespace (queues, records, dead letters, the pipeline): for tests,
+/// benchmarks and an operator tearing a fleet down. `SCAN` + `UNLINK`, 1,000 keys at a time,
+/// so Redis never blocks on it. Returns how many keys were deleted.
+pub async fn delete_namespace(
+    conn: &ConnectionManager,
+    namespace: &Namespace,
+) -> Result<u64, QueueError> {
+    let mut conn = conn.clone();
+    let mut deleted = 0;
+    for pattern in namespace.key_patterns() {
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1_000)
+                .query_async(&mut conn)
+                .await?;
+            if !keys.is_empty() {
+                deleted += redis::cmd("UNLINK")
+                    .arg(&keys)
+                    .query_async::<u64>(&mut conn)
+                    .await?;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+    }
+    Ok(deleted)
 }
