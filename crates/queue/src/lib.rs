@@ -26,7 +26,7 @@ pub use backend::{
 pub use connection::{ConnectOptions, RedisArgs, RedisUrl, check_access, connect};
 pub use dead_letter::DeadLetter;
 pub use error::QueueError;
-pub use keys::{InvalidName, Namespace, QueueKeys};
+pub use keys::{BudgetKeys, InvalidName, LimitKeys, Namespace, QueueKeys};
 pub use queue::{
     Enqueued, Fetched, NewTask, PushEntry, Queue, QueueCounts, RecoveryReport, unreadable_id,
 };
