@@ -50,6 +50,8 @@ pub enum RuntimeError {
     Queue(#[from] agentfleet_queue::QueueError),
     #[error(transparent)]
     Name(#[from] agentfleet_queue::InvalidName),
+    #[error("LLM limits: {0}")]
+    Limits(#[from] agentfleet_limits::LimitError),
     #[error("metrics registry: {0}")]
     Metrics(String),
     #[error("cannot listen on {addr} for /metrics, /healthz, /readyz: {source}")]
@@ -76,7 +78,9 @@ impl RuntimeError {
     pub fn exit_code(&self) -> u8 {
         use agentfleet_job::exit;
         match self {
-            Self::Provider(_) | Self::SystemPrompt(_) | Self::Name(_) => exit::USAGE,
+            Self::Provider(_) | Self::SystemPrompt(_) | Self::Name(_) | Self::Limits(_) => {
+                exit::USAGE
+            }
             Self::Queue(agentfleet_queue::QueueError::Config(_)) => exit::USAGE,
             Self::Queue(agentfleet_queue::QueueError::InvalidName(_)) => exit::USAGE,
             Self::Queue(_) | Self::HandBack(_) => exit::REDIS_UNAVAILABLE,
@@ -109,11 +113,13 @@ fn worker_id(name: Option<&str>) -> String {
     format!("{base}-{}", suffix.to_ascii_lowercase())
 }
 
-struct WorkerReadiness(Arc<WorkerStatus>);
+struct WorkerReadiness(Arc<WorkerStatus>, Arc<agentfleet_limits::LimitStatus>);
 
 impl Readiness for WorkerReadiness {
     fn ready(&self) -> Result<(), String> {
         self.alive()?;
+        // A provider account paused for the fleet (a revoked key): not ready, and why.
+        self.1.check()?;
         if self.0.draining() {
             Err("draining (shutting down)".to_owned())
         } else if let Some(error) = self.0.redis_error() {
@@ -169,7 +175,9 @@ impl<H: RoleHandler> tower::Service<Task<Delivery>> for RoleService<H> {
         let handler = self.handler.clone();
         let ctx = self.ctx.clone();
         let delivery = task.args;
-        Box::pin(async move {
+        // The job's identity, for the LLM limits and budgets (agentfleet-limits).
+        let scope = agentfleet_limits::JobScope::from_entry(delivery.raw());
+        Box::pin(scope.run(async move {
             // A panic in a handler or a provider is that job's transient failure: the job
             // is settled (retried) and its slot freed, and the worker keeps its concurrency.
             match AssertUnwindSafe(handler.handle(&ctx, &delivery))
@@ -185,7 +193,7 @@ impl<H: RoleHandler> tower::Service<Task<Delivery>> for RoleService<H> {
                     ))))
                 }
             }
-        })
+        }))
     }
 }
 
@@ -240,6 +248,7 @@ pub async fn run<H: RoleHandler>(
     let metrics = Metrics::new().map_err(|e| RuntimeError::Metrics(e.to_string()))?;
     metrics.init_role(spec.name, version, &worker_id);
     let status = Arc::new(WorkerStatus::default());
+    let limit_status = Arc::new(agentfleet_limits::LimitStatus::default());
 
     let queue =
         Queue::new(conn.clone(), &namespace, spec.name)?.with_idempotency_ttl(args.record_ttl());
@@ -258,7 +267,7 @@ pub async fn run<H: RoleHandler>(
     let health = serve(
         addr,
         metrics.clone(),
-        Arc::new(WorkerReadiness(status.clone())),
+        Arc::new(WorkerReadiness(status.clone(), limit_status.clone())),
         move || {
             scrape_metrics
                 .jobs_in_flight
@@ -275,6 +284,24 @@ pub async fn run<H: RoleHandler>(
     .await
     .map_err(|source| RuntimeError::Listen { addr, source })?;
 
+    // Every provider call respects the fleet-wide LLM limits and budgets.
+    let provider = agentfleet_limits::wrap(
+        provider,
+        &args.llm_limits,
+        agentfleet_limits::LimitContext {
+            conn: conn.clone(),
+            namespace: &namespace,
+            worker_id: &worker_id,
+            role: spec.name,
+            lease: args.lease(),
+            metrics: metrics.clone(),
+            provider: &args.provider,
+            store: store.clone(),
+            record_ttl: args.record_ttl(),
+            status: limit_status,
+            longest_cooldown: args.policy().backoff_max,
+        },
+    )?;
     let observer_metrics = metrics.clone();
     let observer = Arc::new(move |disposition: Disposition, elapsed: Duration| {
         if disposition != Disposition::LeaseLost {
