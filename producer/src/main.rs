@@ -5,6 +5,7 @@ mod bench;
 mod dlq;
 mod enqueue;
 mod inspect;
+mod limits;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -107,6 +108,11 @@ enum Command {
     /// Dead letters: list, show, replay, purge.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
+    /// Fleet-wide LLM limits (use, headroom, cooldowns, paused accounts) and budgets.
+    Limits {
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure throughput, latency, Redis cost, CPU and memory (see BENCHMARKS.md).
     Bench(bench::BenchArgs),
 }
@@ -130,6 +136,10 @@ impl Fleet {
         }
         Ok(Queue::new(self.conn.clone(), &self.namespace, role)?
             .with_idempotency_ttl(self.store.ttl()))
+    }
+
+    pub fn connection(&self) -> redis::aio::ConnectionManager {
+        self.conn.clone()
     }
 
     /// The role that receives new tasks.
@@ -169,6 +179,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Queues { json } => inspect::queues(&fleet, json).await,
         Command::Dlq(cmd) => dlq::run(&fleet, cmd).await,
+        Command::Limits { json } => limits::run(&fleet, json).await,
         // The bench makes its own namespaces (and its own Redis when none answers).
         Command::Bench(args) => bench::run(&cli.redis, args).await,
     }
