@@ -293,7 +293,11 @@ fn maxmemory_refusals_strand_nothing_and_re_run_nothing() {
             in_flight_entries(&fleet, role).is_empty(),
             "{role}: nothing stranded"
         );
-        assert_eq!(count(&fleet, role, "recovered"), 0, "{role}: nothing re-run");
+        assert_eq!(
+            count(&fleet, role, "recovered"),
+            0,
+            "{role}: nothing re-run"
+        );
         assert_eq!(count(&fleet, role, "dead"), 0, "{role}");
     }
 }
