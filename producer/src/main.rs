@@ -5,6 +5,7 @@ mod bench;
 mod dlq;
 mod enqueue;
 mod inspect;
+mod limits;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -96,6 +97,11 @@ enum Command {
         #[arg(long, value_name = "STAGES")]
         set: Option<String>,
     },
+    /// Fleet-wide LLM limits (use, headroom, cooldowns, paused accounts) and budgets.
+    Limits {
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure throughput, latency, Redis cost, CPU and memory (see BENCHMARKS.md).
     Bench(bench::BenchArgs),
 }
@@ -119,6 +125,10 @@ impl Fleet {
         }
         Ok(Queue::new(self.conn.clone(), &self.namespace, role)?
             .with_idempotency_ttl(self.store.ttl()))
+    }
+
+    pub fn connection(&self) -> redis::aio::ConnectionManager {
+        self.conn.clone()
     }
 
     /// Records the fleet's pipeline, or checks that this producer's agrees with it: before
@@ -201,6 +211,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("deleted {deleted} keys of namespace {}", fleet.namespace);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Limits { json } => limits::run(&fleet, json).await,
         // The bench makes its own namespaces (and its own Redis when none answers).
         Command::Bench(args) => bench::run(&cli.redis, args).await,
     }

@@ -19,6 +19,15 @@ pub enum JobError {
     /// The input is over a size limit: dead-lettered at once, nothing else is tried.
     #[error("too large: {message}")]
     TooLarge { message: String },
+    /// Not a failure: the job could not get capacity (a fleet-wide LLM limit, a cooldown,
+    /// a paused provider account) and waits `delay` in the scheduled set. Its delivery is
+    /// not counted as an attempt, so waiting never uses up its retries.
+    #[error("deferred for {delay:?}: {reason}")]
+    Deferred { delay: Duration, reason: String },
+    /// Running it would exceed a spending budget: dead-lettered at once with class
+    /// `budget` (replayable once the budget resets at UTC midnight or is raised).
+    #[error("budget: {message}")]
+    Budget { message: String },
 }
 
 impl JobError {
@@ -40,6 +49,8 @@ impl JobError {
             Self::Transient { .. } => ErrorClass::Transient,
             Self::Permanent { .. } => ErrorClass::Permanent,
             Self::TooLarge { .. } => ErrorClass::TooLarge,
+            Self::Deferred { .. } => ErrorClass::Deferred,
+            Self::Budget { .. } => ErrorClass::Budget,
         }
     }
 
@@ -47,14 +58,19 @@ impl JobError {
         match self {
             Self::Transient { message, .. }
             | Self::Permanent { message }
-            | Self::TooLarge { message } => message,
+            | Self::TooLarge { message }
+            | Self::Budget { message }
+            | Self::Deferred {
+                reason: message, ..
+            } => message,
         }
     }
 
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Transient { retry_after, .. } => *retry_after,
-            Self::Permanent { .. } | Self::TooLarge { .. } => None,
+            Self::Deferred { delay, .. } => Some(*delay),
+            Self::Permanent { .. } | Self::TooLarge { .. } | Self::Budget { .. } => None,
         }
     }
 }
@@ -73,6 +89,10 @@ pub enum ErrorClass {
     Crash,
     /// The entry (or its prompt or metadata) is over the worker's size limits.
     TooLarge,
+    /// Running it would have exceeded a spending budget (fleet, tenant or task).
+    Budget,
+    /// Waiting for capacity: never a dead letter's class, the job is rescheduled uncounted.
+    Deferred,
 }
 
 impl fmt::Display for ErrorClass {
@@ -83,6 +103,8 @@ impl fmt::Display for ErrorClass {
             Self::Decode => "decode",
             Self::Crash => "crash",
             Self::TooLarge => "too_large",
+            Self::Budget => "budget",
+            Self::Deferred => "deferred",
         })
     }
 }

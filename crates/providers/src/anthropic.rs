@@ -107,7 +107,7 @@ impl Provider for AnthropicProvider {
                 .header("anthropic-version", API_VERSION)
                 .json(&body);
             tracing::debug!(url = %self.url, model = %self.model, "anthropic request");
-            let raw = send(http).await?;
+            let (raw, exhausted_for) = send(http).await?;
             let parsed: MessageResponse =
                 serde_json::from_slice(&raw).map_err(|e| ProviderError::Transient {
                     message: format!(
@@ -136,7 +136,11 @@ impl Provider for AnthropicProvider {
                     completion_tokens: u.output_tokens,
                 })
                 .unwrap_or_default();
-            Ok(Completion { text, usage })
+            Ok(Completion {
+                text,
+                usage,
+                exhausted_for,
+            })
         })
     }
 }

@@ -27,11 +27,32 @@ pub enum ProviderError {
     /// provider's own message is kept so that it reaches the dead letter.
     #[error("provider rejected the request (HTTP {status}): {message}")]
     Permanent { status: u16, message: String },
+    /// Not sent: a fleet-wide limit (rate, concurrency, a cooldown, a paused account) has
+    /// no capacity now; try again after `delay`. Not a failure of the job (set by the
+    /// limits decorator, `agentfleet-limits`).
+    #[error("waiting for capacity ({reason}); next try in {delay:?}")]
+    Deferred { delay: Duration, reason: String },
+    /// Not sent: the call could exceed a spending budget. Retrying cannot help before the
+    /// budget resets or is raised.
+    #[error("over budget: {message}")]
+    Budget { message: String },
 }
 
 impl ProviderError {
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, Self::Permanent { .. })
+        !matches!(self, Self::Permanent { .. } | Self::Budget { .. })
+    }
+
+    /// A failure that belongs to the account rather than to the request: a revoked or
+    /// wrong key (401), a key without permission (403).
+    pub fn is_account_failure(&self) -> bool {
+        matches!(
+            self,
+            Self::Permanent {
+                status: 401 | 403,
+                ..
+            }
+        )
     }
 
     pub fn retry_after(&self) -> Option<Duration> {
@@ -39,7 +60,8 @@ impl ProviderError {
             Self::RateLimited { retry_after, .. }
             | Self::Overloaded { retry_after, .. }
             | Self::Transient { retry_after, .. } => *retry_after,
-            Self::Permanent { .. } => None,
+            Self::Deferred { delay, .. } => Some(*delay),
+            Self::Permanent { .. } | Self::Budget { .. } => None,
         }
     }
 
@@ -50,6 +72,8 @@ impl ProviderError {
             Self::Overloaded { .. } => "overloaded",
             Self::Transient { .. } => "transient",
             Self::Permanent { .. } => "permanent",
+            Self::Deferred { .. } => "deferred",
+            Self::Budget { .. } => "budget",
         }
     }
 }

@@ -41,8 +41,11 @@ pub(crate) fn normalize_base(url: &str) -> Result<String, ConfigError> {
     Ok(trimmed.to_owned())
 }
 
-/// Sends the request and returns the body of a 2xx response, or the classified error.
-pub(crate) async fn send(request: reqwest::RequestBuilder) -> Result<Vec<u8>, ProviderError> {
+/// Sends the request and returns the body of a 2xx response with how long the provider
+/// says the account's quota stays exhausted (if it says so), or the classified error.
+pub(crate) async fn send(
+    request: reqwest::RequestBuilder,
+) -> Result<(Vec<u8>, Option<Duration>), ProviderError> {
     let mut response = request.send().await.map_err(|e| ProviderError::Transient {
         message: describe_reqwest(&e),
         retry_after: None,
@@ -71,7 +74,7 @@ pub(crate) async fn send(request: reqwest::RequestBuilder) -> Result<Vec<u8>, Pr
         }
     }
     if status.is_success() {
-        return Ok(body);
+        return Ok((body, exhausted_for(&headers)));
     }
     Err(classify(status, &headers, &body))
 }
@@ -189,6 +192,41 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     ]
     .iter()
     .filter_map(|h| header(h).and_then(parse_rfc3339_wait));
+    openai.chain(anthropic).max()
+}
+
+/// When a successful response reports a remaining quota of zero, the wait until that quota
+/// resets (the matching reset header; one second when it names none).
+pub(crate) fn exhausted_for(headers: &HeaderMap) -> Option<Duration> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    let zero = |name: &str| header(name).and_then(|v| v.parse::<f64>().ok()) == Some(0.0);
+    let openai = [
+        (
+            "x-ratelimit-remaining-requests",
+            "x-ratelimit-reset-requests",
+        ),
+        ("x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"),
+    ]
+    .iter()
+    .filter(|(remaining, _)| zero(remaining))
+    .map(|(_, reset)| {
+        header(reset)
+            .and_then(parse_go_duration)
+            .unwrap_or(Duration::from_secs(1))
+    });
+    let anthropic = ["requests", "tokens", "input-tokens", "output-tokens"]
+        .iter()
+        .filter(|kind| zero(&format!("anthropic-ratelimit-{kind}-remaining")))
+        .map(|kind| {
+            header(&format!("anthropic-ratelimit-{kind}-reset"))
+                .and_then(parse_rfc3339_wait)
+                .unwrap_or(Duration::from_secs(1))
+        });
     openai.chain(anthropic).max()
 }
 
@@ -327,6 +365,20 @@ mod tests {
             wait("anthropic-ratelimit-requests-reset", "2026-13-99T99:99:99Z"),
             None
         );
+    }
+
+    #[test]
+    fn exhausted_quota_headers_name_the_wait() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(exhausted_for(&headers), None);
+        headers.insert("x-ratelimit-remaining-requests", "3".parse().unwrap());
+        headers.insert("x-ratelimit-reset-requests", "2s".parse().unwrap());
+        assert_eq!(exhausted_for(&headers), None);
+        headers.insert("x-ratelimit-remaining-requests", "0".parse().unwrap());
+        assert_eq!(exhausted_for(&headers), Some(Duration::from_secs(2)));
+        let mut headers = HeaderMap::new();
+        headers.insert("anthropic-ratelimit-tokens-remaining", "0".parse().unwrap());
+        assert_eq!(exhausted_for(&headers), Some(Duration::from_secs(1)));
     }
 
     #[test]

@@ -41,6 +41,20 @@ pub struct Usage {
 pub struct Completion {
     pub text: String,
     pub usage: Usage,
+    /// The provider said (`x-ratelimit-remaining-*: 0`, `anthropic-ratelimit-*-remaining:
+    /// 0`) that the account's quota is used up until this long from now: the limits
+    /// decorator pauses the account for the whole fleet until then.
+    pub exhausted_for: Option<std::time::Duration>,
+}
+
+impl Completion {
+    pub fn new(text: String, usage: Usage) -> Self {
+        Self {
+            text,
+            usage,
+            exhausted_for: None,
+        }
+    }
 }
 
 /// An LLM endpoint. One instance per process, shared by every in-flight job.

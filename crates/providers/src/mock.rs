@@ -87,7 +87,7 @@ impl Provider for MockProvider {
                 prompt_tokens: (request.system.len() + request.user.len()).div_ceil(4) as u64,
                 completion_tokens: text.len().div_ceil(4) as u64,
             };
-            Ok(Completion { text, usage })
+            Ok(Completion::new(text, usage))
         })
     }
 }

@@ -114,7 +114,7 @@ impl Provider for OpenAiProvider {
                 http = http.bearer_auth(key.expose());
             }
             tracing::debug!(url = %self.url, model = %self.model, "openai request");
-            let raw = send(http).await?;
+            let (raw, exhausted_for) = send(http).await?;
             let parsed: ChatCompletion =
                 serde_json::from_slice(&raw).map_err(|e| ProviderError::Transient {
                     message: format!(
@@ -140,7 +140,11 @@ impl Provider for OpenAiProvider {
                     completion_tokens: u.completion_tokens,
                 })
                 .unwrap_or_default();
-            Ok(Completion { text, usage })
+            Ok(Completion {
+                text,
+                usage,
+                exhausted_for,
+            })
         })
     }
 }

@@ -75,6 +75,48 @@ impl Namespace {
             || (key.starts_with(&format!("{{{}:", self.0)) && key.contains("}:idem:"))
     }
 
+    /// The keys of one LLM limit (a provider account, or account and model), shared by
+    /// every worker of every role that calls it. `limit_key` is any non-empty text up to
+    /// 128 bytes without `{`, `}` or control characters (it holds a host name and port).
+    pub fn limit(&self, limit_key: &str) -> Result<LimitKeys, InvalidName> {
+        let ok = !limit_key.is_empty()
+            && limit_key.len() <= 128
+            && !limit_key
+                .chars()
+                .any(|c| c == '{' || c == '}' || c.is_control() || c.is_whitespace());
+        if !ok {
+            return Err(InvalidName {
+                what: "limit key",
+                value: limit_key.to_owned(),
+            });
+        }
+        Ok(LimitKeys {
+            prefix: format!("{{{}:limit:{limit_key}}}", self.0),
+        })
+    }
+
+    /// The pattern matching the state hash of every limit of the fleet, for SCAN
+    /// (`agentfleet limits`).
+    pub fn limit_state_pattern(&self) -> String {
+        format!("{{{}:limit:*}}:state", self.0)
+    }
+
+    /// The limit key of a state key found by [`Namespace::limit_state_pattern`].
+    pub fn limit_key_of_state(&self, state_key: &str) -> Option<String> {
+        state_key
+            .strip_prefix(&format!("{{{}:limit:", self.0))?
+            .strip_suffix("}:state")
+            .map(str::to_owned)
+    }
+
+    /// The keys of the fleet's spending budgets: one hash tag, so that one script checks
+    /// the fleet's, a tenant's and a task's budget together.
+    pub fn budgets(&self) -> BudgetKeys {
+        BudgetKeys {
+            prefix: format!("{{{}:budget}}", self.0),
+        }
+    }
+
     /// The pattern matching every task record, for SCAN.
     pub fn task_pattern(&self) -> String {
         format!("{}:task:*", self.0)
@@ -132,6 +174,66 @@ impl QueueKeys {
     }
 }
 
+/// Key names of one LLM limit, all under the hash tag `{namespace:limit:<key>}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitKeys {
+    prefix: String,
+}
+
+impl LimitKeys {
+    /// HASH of the limit's state: the next free request and token slots (GCRA), the
+    /// cooldown, the account's health (failures, pause, probe) and the configured limits
+    /// the workers last reported.
+    pub fn state(&self) -> String {
+        format!("{}:state", self.prefix)
+    }
+    /// HASH of concurrency leases: worker id → requests it has in flight.
+    pub fn leases(&self) -> String {
+        format!("{}:leases", self.prefix)
+    }
+    /// ZSET of workers holding leases, scored by when their leases expire (ms).
+    pub fn lease_expiry(&self) -> String {
+        format!("{}:leases:expiry", self.prefix)
+    }
+    /// ZSET of booked request slots: job → slot time (ms), for jobs that wait in the
+    /// scheduled set for their turn.
+    pub fn bookings(&self) -> String {
+        format!("{}:bookings", self.prefix)
+    }
+    /// HASH of the last 60 seconds' use: `sec % 60` → `sec:requests:tokens`.
+    pub fn usage(&self) -> String {
+        format!("{}:usage", self.prefix)
+    }
+}
+
+/// Key names of the spending budgets, all under the hash tag `{namespace:budget}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BudgetKeys {
+    prefix: String,
+}
+
+impl BudgetKeys {
+    /// HASH of the current UTC day's spend (nano-USD): `day` (Redis's day number; the
+    /// hash is reset when it changes), `fleet`, `tenant:<name>`, each with a `:r` twin for
+    /// reservations of calls in progress.
+    pub fn spend(&self) -> String {
+        format!("{}:spend", self.prefix)
+    }
+    /// HASH of one task's spend (nano-USD): `spent`, and `h:<hold>` per call in progress.
+    pub fn task(&self, task_id: &str) -> String {
+        format!("{}:task:{task_id}", self.prefix)
+    }
+    /// HASH of reservations in progress: hold id → `day|tenant|task|amount`.
+    pub fn holds(&self) -> String {
+        format!("{}:holds", self.prefix)
+    }
+    /// ZSET of reservations in progress by expiry (ms): a worker killed mid-call does not
+    /// keep its reservation past it.
+    pub fn hold_expiry(&self) -> String {
+        format!("{}:holds:expiry", self.prefix)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,6 +257,34 @@ mod tests {
         ] {
             assert!(key.starts_with("{agentfleet:reasoning}:"), "{key}");
         }
+    }
+
+    #[test]
+    fn limit_and_budget_keys_share_one_hash_tag_each() {
+        let ns = Namespace::new("agentfleet").unwrap();
+        let l = ns.limit("openai:api.openai.com").unwrap();
+        for key in [
+            l.state(),
+            l.leases(),
+            l.lease_expiry(),
+            l.bookings(),
+            l.usage(),
+        ] {
+            assert!(
+                key.starts_with("{agentfleet:limit:openai:api.openai.com}:"),
+                "{key}"
+            );
+        }
+        assert_eq!(
+            ns.limit_key_of_state(&l.state()).as_deref(),
+            Some("openai:api.openai.com")
+        );
+        let b = ns.budgets();
+        for key in [b.spend(), b.task("t1"), b.holds(), b.hold_expiry()] {
+            assert!(key.starts_with("{agentfleet:budget}:"), "{key}");
+        }
+        assert!(ns.limit("a}b").is_err());
+        assert!(ns.limit("").is_err());
     }
 
     #[test]

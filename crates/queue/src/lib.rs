@@ -31,7 +31,7 @@ pub use fleet::{
     FleetArgs, PipelineArgs, agree_on_pipeline, delete_namespace, record_pipeline,
     recorded_pipeline,
 };
-pub use keys::{InvalidName, Namespace, QueueKeys};
+pub use keys::{BudgetKeys, InvalidName, LimitKeys, Namespace, QueueKeys};
 pub use queue::{
     Enqueued, Fetched, NewTask, PushEntry, Queue, QueueCounts, RecoveryReport, unreadable_id,
 };

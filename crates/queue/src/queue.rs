@@ -48,6 +48,8 @@ pub struct QueueCounts {
     pub dead: u64,
     pub succeeded: u64,
     pub retried: u64,
+    /// Deliveries put back to wait for capacity (not counted as attempts).
+    pub deferred: u64,
     pub recovered: u64,
     pub dead_lettered: u64,
     pub live_workers: u64,
@@ -384,6 +386,27 @@ impl Queue {
         Ok(n == 1)
     }
 
+    /// Reschedules a fetched entry `delay` from now (Redis's clock) without counting its
+    /// delivery: it waited for capacity, it did not fail. False when this worker no longer
+    /// held it.
+    pub async fn defer(
+        &self,
+        worker_id: &str,
+        fetched: &[u8],
+        delay: Duration,
+    ) -> Result<bool, QueueError> {
+        let n: u64 = SCRIPTS
+            .defer
+            .key(self.keys.inflight(worker_id))
+            .key(self.keys.scheduled())
+            .key(self.keys.stats())
+            .arg(fetched)
+            .arg(delay.as_millis() as u64)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(n == 1)
+    }
+
     /// Moves a fetched entry to the dead letters. False when this worker no longer held it.
     pub async fn bury(
         &self,
@@ -604,6 +627,7 @@ impl Queue {
             dead,
             succeeded: stats.get("succeeded").copied().unwrap_or(0),
             retried: stats.get("retried").copied().unwrap_or(0),
+            deferred: stats.get("deferred").copied().unwrap_or(0),
             recovered: stats.get("recovered").copied().unwrap_or(0),
             dead_lettered: stats.get("dead").copied().unwrap_or(0),
             live_workers: workers

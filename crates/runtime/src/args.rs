@@ -89,6 +89,10 @@ pub struct WorkerArgs {
 
     #[command(flatten)]
     pub provider: ProviderArgs,
+
+    /// Fleet-wide LLM limits and budgets (agentfleet-limits).
+    #[command(flatten)]
+    pub llm_limits: agentfleet_limits::LimitArgs,
 }
 
 /// Parses a role binary's flags. A usage error exits with

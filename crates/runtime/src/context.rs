@@ -54,10 +54,17 @@ impl Llm {
                 user,
             })
             .await;
-        self.metrics
-            .llm_request_duration_seconds
-            .with_label_values(&[name, model])
-            .observe(started.elapsed().as_secs_f64());
+        // A call the limits decorator held back never reached the provider: not a request.
+        let not_sent = matches!(
+            result,
+            Err(ProviderError::Deferred { .. } | ProviderError::Budget { .. })
+        );
+        if !not_sent {
+            self.metrics
+                .llm_request_duration_seconds
+                .with_label_values(&[name, model])
+                .observe(started.elapsed().as_secs_f64());
+        }
         match result {
             Ok(done) => {
                 let usage = TokenUsage {
@@ -78,10 +85,12 @@ impl Llm {
                 })
             }
             Err(e) => {
-                self.metrics
-                    .llm_errors_total
-                    .with_label_values(&[name, model, e.class()])
-                    .inc();
+                if !not_sent {
+                    self.metrics
+                        .llm_errors_total
+                        .with_label_values(&[name, model, e.class()])
+                        .inc();
+                }
                 Err(job_error(name, e))
             }
         }
@@ -89,6 +98,17 @@ impl Llm {
 }
 
 fn job_error(provider: &str, e: ProviderError) -> JobError {
+    // Set by the limits decorator (agentfleet-limits): waiting is not failing, and a
+    // budget refusal is its own dead-letter class.
+    if let ProviderError::Deferred { delay, reason } = e {
+        return JobError::Deferred {
+            delay,
+            reason: format!("{provider}: {reason}"),
+        };
+    }
+    if let ProviderError::Budget { message } = e {
+        return JobError::Budget { message };
+    }
     if e.is_retryable() {
         JobError::Transient {
             message: format!("{provider}: {e}"),

@@ -53,6 +53,8 @@ pub enum RuntimeError {
     Queue(#[from] agentfleet_queue::QueueError),
     #[error(transparent)]
     Name(#[from] agentfleet_queue::InvalidName),
+    #[error("LLM limits: {0}")]
+    Limits(#[from] agentfleet_limits::LimitError),
     #[error("metrics registry: {0}")]
     Metrics(String),
     #[error("cannot listen on {addr} for /metrics, /healthz, /readyz: {source}")]
@@ -84,6 +86,7 @@ impl RuntimeError {
             Self::Provider(_)
             | Self::SystemPrompt(_)
             | Self::Name(_)
+            | Self::Limits(_)
             | Self::NotInPipeline { .. } => exit::USAGE,
             Self::Queue(agentfleet_queue::QueueError::Config(_)) => exit::USAGE,
             Self::Queue(agentfleet_queue::QueueError::InvalidName(_)) => exit::USAGE,
@@ -117,11 +120,13 @@ fn worker_id(name: Option<&str>) -> String {
     format!("{base}-{}", suffix.to_ascii_lowercase())
 }
 
-struct WorkerReadiness(Arc<WorkerStatus>);
+struct WorkerReadiness(Arc<WorkerStatus>, Arc<agentfleet_limits::LimitStatus>);
 
 impl Readiness for WorkerReadiness {
     fn ready(&self) -> Result<(), String> {
         self.alive()?;
+        // A provider account paused for the fleet (a revoked key): not ready, and why.
+        self.1.check()?;
         if self.0.draining() {
             Err("draining (shutting down)".to_owned())
         } else if let Some(error) = self.0.redis_error() {
@@ -177,7 +182,9 @@ impl<H: RoleHandler> tower::Service<Task<Delivery>> for RoleService<H> {
         let handler = self.handler.clone();
         let ctx = self.ctx.clone();
         let delivery = task.args;
-        Box::pin(async move {
+        // The job's identity, for the LLM limits and budgets (agentfleet-limits).
+        let scope = agentfleet_limits::JobScope::from_entry(delivery.raw());
+        Box::pin(scope.run(async move {
             // A panic in a handler or a provider is that job's transient failure: the job
             // is settled (retried) and its slot freed, and the worker keeps its concurrency.
             match AssertUnwindSafe(ctx.run_stage(handler.as_ref(), &delivery))
@@ -193,7 +200,7 @@ impl<H: RoleHandler> tower::Service<Task<Delivery>> for RoleService<H> {
                     ))))
                 }
             }
-        })
+        }))
     }
 }
 
@@ -257,6 +264,7 @@ pub async fn run<H: RoleHandler>(
     let metrics = Metrics::new().map_err(|e| RuntimeError::Metrics(e.to_string()))?;
     metrics.init_role(role, version, &worker_id);
     let status = Arc::new(WorkerStatus::default());
+    let limit_status = Arc::new(agentfleet_limits::LimitStatus::default());
 
     let queue = Queue::new(conn.clone(), &namespace, role)?.with_idempotency_ttl(args.record_ttl());
     let store = TaskStore::new(conn.clone(), namespace.clone(), args.record_ttl());
@@ -273,7 +281,7 @@ pub async fn run<H: RoleHandler>(
     let health = serve(
         addr,
         metrics.clone(),
-        Arc::new(WorkerReadiness(status.clone())),
+        Arc::new(WorkerReadiness(status.clone(), limit_status.clone())),
         move || {
             scrape_metrics
                 .jobs_in_flight
@@ -300,6 +308,24 @@ pub async fn run<H: RoleHandler>(
         _ = int.recv() => return Ok(()),
     }
 
+    // Every provider call respects the fleet-wide LLM limits and budgets.
+    let provider = agentfleet_limits::wrap(
+        provider,
+        &args.llm_limits,
+        agentfleet_limits::LimitContext {
+            conn: conn.clone(),
+            namespace: &namespace,
+            worker_id: &worker_id,
+            role,
+            lease: args.lease(),
+            metrics: metrics.clone(),
+            provider: &args.provider,
+            store: store.clone(),
+            record_ttl: args.record_ttl(),
+            status: limit_status,
+            longest_cooldown: args.policy().backoff_max,
+        },
+    )?;
     let observer_metrics = metrics.clone();
     let observer = Arc::new(move |disposition: Disposition, elapsed: Duration| {
         if !matches!(disposition, Disposition::LeaseLost | Disposition::Unsettled) {

@@ -1,8 +1,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Job durations run from milliseconds (mock) to minutes (a long LLM call with retries
@@ -33,6 +33,105 @@ pub struct Metrics {
     pub worker_info: IntGaugeVec,
     pub redis_up: IntGauge,
     pub worker_draining: IntGauge,
+    /// The fleet-wide LLM limits and budgets (`agentfleet-limits`).
+    pub limits: LimitMetrics,
+}
+
+/// Series of the fleet-wide LLM limits and budgets.
+#[derive(Clone)]
+pub struct LimitMetrics {
+    pub llm_cost_usd_total: CounterVec,
+    pub reservations_total: IntCounterVec,
+    pub wait_seconds: HistogramVec,
+    pub cooldowns_total: IntCounterVec,
+    pub account_paused: IntGaugeVec,
+    pub budget_refusals_total: IntCounterVec,
+    pub budget_spent_usd: GaugeVec,
+    pub budget_limit_usd: GaugeVec,
+}
+
+/// In-process waits for a limit: at most about a second (longer waits go to the
+/// scheduled set).
+const WAIT_BUCKETS: &[f64] = &[0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0];
+
+impl LimitMetrics {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let llm_cost_usd_total = CounterVec::new(
+            Opts::new(
+                "agentfleet_llm_cost_usd_total",
+                "Cost of provider calls in USD (reported tokens at the price table's prices).",
+            ),
+            &["provider", "model", "role"],
+        )?;
+        let reservations_total = IntCounterVec::new(
+            Opts::new(
+                "agentfleet_limit_reservations_total",
+                "Reservations against a fleet-wide LLM limit, by outcome (granted, deferred).",
+            ),
+            &["limit_key", "outcome"],
+        )?;
+        let wait_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "agentfleet_limit_wait_seconds",
+                "Time a call waited in process for its slot under a fleet-wide LLM limit.",
+            )
+            .buckets(WAIT_BUCKETS.to_vec()),
+            &["limit_key"],
+        )?;
+        let cooldowns_total = IntCounterVec::new(
+            Opts::new(
+                "agentfleet_limit_cooldowns_total",
+                "Fleet-wide cooldowns this worker started (a 429 or 529, or exhausted-quota headers).",
+            ),
+            &["limit_key"],
+        )?;
+        let account_paused = IntGaugeVec::new(
+            Opts::new(
+                "agentfleet_limit_account_paused",
+                "1 while the provider account is paused for the whole fleet after consecutive account failures (401, 403, failing calls).",
+            ),
+            &["limit_key"],
+        )?;
+        let budget_refusals_total = IntCounterVec::new(
+            Opts::new(
+                "agentfleet_budget_refusals_total",
+                "Calls refused because they could exceed a budget (fleet, tenant, task).",
+            ),
+            &["budget"],
+        )?;
+        let budget_spent_usd = GaugeVec::new(
+            Opts::new(
+                "agentfleet_budget_spent_usd",
+                "The fleet's settled spend today (UTC), as last seen by this worker; aggregate with max().",
+            ),
+            &["budget"],
+        )?;
+        let budget_limit_usd = GaugeVec::new(
+            Opts::new(
+                "agentfleet_budget_limit_usd",
+                "The daily budget this worker applies (absent when none).",
+            ),
+            &["budget"],
+        )?;
+        registry.register(Box::new(llm_cost_usd_total.clone()))?;
+        registry.register(Box::new(reservations_total.clone()))?;
+        registry.register(Box::new(wait_seconds.clone()))?;
+        registry.register(Box::new(cooldowns_total.clone()))?;
+        registry.register(Box::new(account_paused.clone()))?;
+        registry.register(Box::new(budget_refusals_total.clone()))?;
+        registry.register(Box::new(budget_spent_usd.clone()))?;
+        registry.register(Box::new(budget_limit_usd.clone()))?;
+        Ok(Self {
+            llm_cost_usd_total,
+            reservations_total,
+            wait_seconds,
+            cooldowns_total,
+            account_paused,
+            budget_refusals_total,
+            budget_spent_usd,
+            budget_limit_usd,
+        })
+    }
 }
 
 impl Metrics {
@@ -130,7 +229,9 @@ impl Metrics {
         registry.register(Box::new(worker_info.clone()))?;
         registry.register(Box::new(redis_up.clone()))?;
         registry.register(Box::new(worker_draining.clone()))?;
+        let limits = LimitMetrics::new(&registry)?;
         Ok(Self {
+            limits,
             registry,
             jobs_total,
             job_duration_seconds,

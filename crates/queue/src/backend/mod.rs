@@ -79,6 +79,8 @@ pub enum Disposition {
     Succeeded,
     Retried,
     Dead,
+    /// Put back to wait for capacity (an LLM limit): not an attempt, not a failure.
+    Deferred,
     /// This worker no longer held it: another worker recovered it after this worker's
     /// lease expired, and owns it now.
     LeaseLost,
@@ -92,6 +94,7 @@ impl Disposition {
             Self::Succeeded => "succeeded",
             Self::Retried => "retried",
             Self::Dead => "dead",
+            Self::Deferred => "deferred",
             Self::LeaseLost => "lease_lost",
             Self::Unsettled => "unsettled",
         }

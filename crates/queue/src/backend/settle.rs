@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use agentfleet_job::{Envelope, ErrorClass, now_ms, peek_id};
+use agentfleet_job::{Envelope, ErrorClass, JobError, now_ms, peek_id};
 use apalis_core::error::BoxDynError;
 use apalis_core::task::Task;
 use futures::future::BoxFuture;
@@ -135,6 +135,11 @@ async fn settle(shared: &Shared, delivery: &Delivery, error: Option<&BoxDynError
         let _ = shared.acks.send(delivery.raw.clone());
         return Disposition::Succeeded;
     };
+    if let Some(JobFailure::Job(JobError::Deferred { delay, reason })) =
+        error.downcast_ref::<JobFailure>()
+    {
+        return defer(shared, delivery, *delay, reason).await;
+    }
     let (class, message, retry_after) = classify(error);
     let envelope = RawEnvelope::decode(delivery.raw());
     let now = now_ms();
@@ -225,6 +230,22 @@ async fn settle(shared: &Shared, delivery: &Delivery, error: Option<&BoxDynError
         .await;
     }
     disposition
+}
+
+/// A job that waits for capacity goes back to the scheduled set, its delivery uncounted.
+async fn defer(shared: &Shared, delivery: &Delivery, delay: Duration, reason: &str) -> Disposition {
+    tracing::debug!(
+        delay_ms = delay.as_millis() as u64,
+        reason,
+        "job waits for capacity"
+    );
+    let deferred = until_done(&shared.health, &shared.halt, "defer", || {
+        shared
+            .queue
+            .defer(shared.worker_id(), delivery.raw(), delay)
+    })
+    .await;
+    written(shared, delivery, deferred, Disposition::Deferred)
 }
 
 /// What a retry or dead-letter write did: `wrote` when it moved the entry; when the entry
