@@ -150,6 +150,9 @@ fn an_outage_longer_than_the_lease_re_runs_nothing_and_still_recovers_the_dead()
         fleet.queue_counts()
     );
     let recovered_after = killed.elapsed();
+    eprintln!(
+        "recovered the dead worker's jobs {recovered_after:?} after its SIGKILL (outage {outage:?}, lease {lease:?})"
+    );
     assert!(
         recovered_after <= outage + lease + Duration::from_secs(1),
         "recovered {recovered_after:?} after the kill; bound is outage {outage:?} + lease {lease:?}"
