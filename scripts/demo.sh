@@ -20,40 +20,8 @@ cleanup() {
     kill -TERM "$redis_pid" 2>/dev/null || true
     wait "$redis_pid" 2>/dev/null || true
   elif [[ -n ${REDIS_URL:-} ]]; then
-    # Shared Redis: remove what the demo wrote.
-    AGENTFLEET_NAMESPACE=$namespace "$BIN/agentfleet" queues >/dev/null 2>&1 || true
-    python3 - "$REDIS_URL" "$namespace" <<'PY' 2>/dev/null || true
-import socket, sys
-url, ns = sys.argv[1], sys.argv[2]
-rest = url.split("://", 1)[1].split("@")[-1].split("/")[0]
-host, _, port = rest.partition(":")
-s = socket.create_connection((host, int(port or 6379)))
-f = s.makefile("rwb")
-def cmd(*args):
-    f.write(b"*%d\r\n" % len(args))
-    for a in args:
-        a = a.encode()
-        f.write(b"$%d\r\n%s\r\n" % (len(a), a))
-    f.flush()
-    return read()
-def read():
-    line = f.readline()
-    t, rest = line[:1], line[1:-2]
-    if t in (b"+", b"-", b":"): return rest
-    if t == b"$":
-        n = int(rest)
-        if n < 0: return None
-        data = f.read(n + 2)[:-2]; return data
-    if t == b"*":
-        return [read() for _ in range(int(rest))]
-for pattern in (ns + ":*", "{" + ns + ":*"):
-    cursor = b"0"
-    while True:
-        cursor, keys = cmd("SCAN", cursor.decode(), "MATCH", pattern, "COUNT", "1000")
-        for k in keys:
-            cmd("DEL", k.decode())
-        if cursor == b"0": break
-PY
+    # Shared Redis: remove what the demo wrote (the CLI knows the key names).
+    AGENTFLEET_NAMESPACE=$namespace "$BIN/agentfleet" delete-namespace --yes >/dev/null 2>&1 || true
   fi
   rm -rf "$tmp"
 }
