@@ -267,7 +267,6 @@ impl Fleet {
             binary: format!("{role}-worker"),
             args: Vec::new(),
             envs: Vec::new(),
-            wrapper: Vec::new(),
         }
     }
 
@@ -300,15 +299,24 @@ pub struct WorkerBuilder<'a> {
     binary: String,
     args: Vec<String>,
     envs: Vec<(String, String)>,
-    wrapper: Vec<String>,
 }
 
 impl WorkerBuilder<'_> {
-    /// Runs the worker under another program, e.g. `["faketime", "-f", "+60s"]` for a
-    /// worker whose clock runs a minute ahead.
-    pub fn under(mut self, wrapper: &[&str]) -> Self {
-        self.wrapper = wrapper.iter().map(|s| (*s).to_owned()).collect();
-        self
+    /// Runs the worker with its clock shifted (`"+60s"`, `"-60s"`) by libfaketime, preloaded
+    /// into the worker itself: the `faketime` command would fork it as a child that a kill of
+    /// the wrapper leaves running.
+    pub fn clock_offset(self, offset: &str) -> Self {
+        let lib = [
+            "/usr/lib/x86_64-linux-gnu",
+            "/usr/lib/aarch64-linux-gnu",
+            "/usr/lib",
+        ]
+        .iter()
+        .map(|dir| Path::new(dir).join("faketime/libfaketime.so.1"))
+        .find(|p| p.exists())
+        .expect("libfaketime is installed (.ci/install-deploy-tools.sh installs faketime)");
+        self.env("LD_PRELOAD", lib.display())
+            .env("FAKETIME", offset)
     }
 
     pub fn arg(mut self, flag: &str, value: impl ToString) -> Self {
@@ -339,14 +347,7 @@ impl WorkerBuilder<'_> {
     pub fn start(self) -> Worker {
         let port = free_port();
         let binary = bin(&self.binary);
-        let mut cmd = match self.wrapper.split_first() {
-            Some((program, wrapper_args)) => {
-                let mut cmd = Command::new(program);
-                cmd.args(wrapper_args).arg(&binary);
-                cmd
-            }
-            None => Command::new(&binary),
-        };
+        let mut cmd = Command::new(&binary);
         cmd.args(["--metrics-addr", &format!("127.0.0.1:{port}")])
             .args(&self.args)
             .envs(self.fleet.redis.to_env())

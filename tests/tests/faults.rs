@@ -72,7 +72,7 @@ fn workers_with_skewed_clocks_neither_steal_nor_lose_jobs() {
                 .arg("--mock-latency-ms", 3000)
                 .arg("--concurrency", 50);
             if let Some(skew) = skew {
-                worker = worker.under(&["faketime", "-f", skew]);
+                worker = worker.clock_offset(skew);
             }
             workers.push(worker.spawn());
         }
@@ -84,6 +84,26 @@ fn workers_with_skewed_clocks_neither_steal_nor_lose_jobs() {
             == 300),
         "{:?}",
         fleet.queue_counts()
+    );
+    // The skew was real, and both skewed workers took part: their start stamps (the
+    // worker's clock) are a minute off the producer's.
+    let namespace = Namespace::new(&fleet.namespace).expect("test namespace");
+    let mut pipe = redis::pipe();
+    for id in &ids {
+        pipe.cmd("HMGET")
+            .arg(namespace.task(id))
+            .arg("created_at_ms")
+            .arg("reasoning.started_at_ms");
+    }
+    let stamps: Vec<(i64, i64)> = pipe.query(&mut fleet.conn()).expect("read stamps");
+    let skews: Vec<i64> = stamps.iter().map(|(c, s)| s - c).collect();
+    assert!(
+        skews.iter().any(|d| *d > 50_000),
+        "no job ran on the +60 s worker"
+    );
+    assert!(
+        skews.iter().any(|d| *d < -50_000),
+        "no job ran on the -60 s worker"
     );
     for role in ["reasoning", "synthesis"] {
         assert_eq!(
