@@ -163,6 +163,23 @@ impl StageInput {
     }
 }
 
+/// The handler of a role that is only a prompt (most roles): one call to the role's model
+/// with the question and the notes of the stage before, ending with `closing`.
+#[derive(Debug, Clone)]
+pub struct PromptRole {
+    pub closing: String,
+}
+
+impl crate::RoleHandler for PromptRole {
+    fn run<'a>(
+        &'a self,
+        ctx: &'a RoleContext,
+        input: &'a StageInput,
+    ) -> futures::future::BoxFuture<'a, Result<StageOutput, JobError>> {
+        Box::pin(ctx.llm.complete(input.user_message(&self.closing)))
+    }
+}
+
 /// What a handler produced: the stage's output.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StageOutput {

@@ -11,7 +11,7 @@ mod context;
 mod run;
 
 pub use args::{WorkerArgs, parse_args};
-pub use context::{Llm, RoleContext, StageInput, StageOutput, redis_failure};
+pub use context::{Llm, PromptRole, RoleContext, StageInput, StageOutput, redis_failure};
 pub use run::{RoleHandler, RoleSpec, RuntimeError, main, role_main, run};
 
 pub use agentfleet_queue::{Delivery, JobFailure};

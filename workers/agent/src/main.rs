@@ -3,10 +3,8 @@
 //! a fact-checker, a translator. No crate to write: one more Helm values entry.
 #![forbid(unsafe_code)]
 
-use agentfleet_job::JobError;
-use agentfleet_runtime::{RoleContext, RoleHandler, RoleSpec, StageInput, StageOutput, WorkerArgs};
+use agentfleet_runtime::{PromptRole, RoleSpec, WorkerArgs};
 use clap::Parser;
-use futures::future::BoxFuture;
 
 /// Many small short-lived allocations per job (JSON, Redis commands, spans): mimalloc
 /// spends far less CPU on them than glibc malloc (see BENCHMARKS.md).
@@ -28,21 +26,6 @@ struct Cli {
     worker: WorkerArgs,
 }
 
-struct Agent;
-
-impl RoleHandler for Agent {
-    fn run<'a>(
-        &'a self,
-        ctx: &'a RoleContext,
-        input: &'a StageInput,
-    ) -> BoxFuture<'a, Result<StageOutput, JobError>> {
-        Box::pin(
-            ctx.llm
-                .complete(input.user_message(&format!("Do your part as the {} agent.", ctx.role))),
-        )
-    }
-}
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = agentfleet_runtime::parse_args::<Cli>();
@@ -57,5 +40,6 @@ async fn main() -> std::process::ExitCode {
         // Port 0: a free port, logged at start (set --metrics-addr in deployments).
         default_metrics_addr: "127.0.0.1:0",
     };
-    agentfleet_runtime::main(spec, cli.worker, Agent).await
+    let closing = format!("Do your part as the {} agent.", spec.name);
+    agentfleet_runtime::main(spec, cli.worker, PromptRole { closing }).await
 }

@@ -1,9 +1,7 @@
 //! `reasoning-worker`: analyses each task's prompt systematically, for the stages after it.
 #![forbid(unsafe_code)]
 
-use agentfleet_job::JobError;
-use agentfleet_runtime::{RoleContext, RoleHandler, RoleSpec, StageInput, StageOutput};
-use futures::future::BoxFuture;
+use agentfleet_runtime::{PromptRole, RoleSpec};
 
 /// Many small short-lived allocations per job (JSON, Redis commands, spans): mimalloc
 /// spends far less CPU on them than glibc malloc (see BENCHMARKS.md).
@@ -14,22 +12,6 @@ const SYSTEM_PROMPT: &str = "You are a careful analyst. Analyse the user's quest
     restate it, list what is known and what is assumed, break it into sub-questions, weigh \
     the evidence and alternatives for each, and note open risks. Do not write the final \
     answer; write the analysis another agent will turn into one.";
-
-struct Reasoning;
-
-impl RoleHandler for Reasoning {
-    fn run<'a>(
-        &'a self,
-        ctx: &'a RoleContext,
-        input: &'a StageInput,
-    ) -> BoxFuture<'a, Result<StageOutput, JobError>> {
-        Box::pin(
-            ctx.llm.complete(
-                input.user_message("Analyse the question, taking these notes into account."),
-            ),
-        )
-    }
-}
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -42,7 +24,9 @@ async fn main() -> std::process::ExitCode {
         spec,
         "reasoning-worker",
         "agentfleet reasoning worker: analyses prompts for the stages after it",
-        Reasoning,
+        PromptRole {
+            closing: "Analyse the question, taking these notes into account.".to_owned(),
+        },
     )
     .await
 }
