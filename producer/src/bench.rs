@@ -16,10 +16,11 @@ use agentfleet_job::{TaskSpec, now_ms};
 use agentfleet_queue::{
     ConnectOptions, Namespace, NewTask, PushEntry, Queue, RedisArgs, TaskStore, connect,
 };
+use agentfleet_testkit::{
+    PrivateRedis, RedisOptions, ScratchNamespace, find_bin, stop_process, tempdir,
+};
 use anyhow::{Context, anyhow, bail};
 use clap::Args;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 
@@ -183,40 +184,6 @@ fn fmt_value(v: f64) -> String {
     }
 }
 
-/// SIGTERM, then SIGKILL if the process is still there after 5 s. Only ever aimed at a child
-/// this process started, by its PID.
-fn stop_process(child: &mut Child) {
-    if matches!(child.try_wait(), Ok(Some(_))) {
-        return;
-    }
-    if let Ok(pid) = i32::try_from(child.id()) {
-        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if matches!(child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-/// A redis-server this run started (no persistence, temp dir), stopped and removed on drop
-/// so that an error or Ctrl-C leaves nothing behind.
-struct PrivateRedis {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        stop_process(&mut self.child);
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// True when a Redis answers PING at `url` within 2 s.
 async fn answers(redis: &RedisArgs) -> bool {
     let Ok(client) = redis.client() else {
@@ -232,43 +199,12 @@ async fn answers(redis: &RedisArgs) -> bool {
     )
 }
 
-fn random_suffix(n: usize) -> String {
-    std::iter::repeat_with(fastrand::alphanumeric)
-        .take(n)
-        .collect::<String>()
-        .to_ascii_lowercase()
-}
-
-async fn start_private_redis() -> anyhow::Result<(String, PrivateRedis)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .context("no free loopback port for a private redis-server")?
-        .port();
-    let dir = std::env::temp_dir().join(format!("agentfleet-bench-redis-{}", random_suffix(8)));
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .arg("--dir")
-        .arg(&dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("no Redis answers at --redis-url, and redis-server could not be started")?;
-    let mut redis = PrivateRedis { child, dir };
-    let url = format!("redis://127.0.0.1:{port}");
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(10) {
-        if answers(&RedisArgs::plain(url.as_str())).await {
-            return Ok((url, redis));
-        }
-        if let Ok(Some(status)) = redis.child.try_wait() {
-            bail!("private redis-server exited at start ({status})");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("private redis-server did not answer within 10 s")
+/// A private redis-server for this run (no persistence), stopped and removed on drop.
+fn start_private_redis() -> anyhow::Result<(String, PrivateRedis)> {
+    let server = PrivateRedis::launch(RedisOptions::default()).context(
+        "no Redis answers at --redis-url, and a private redis-server could not be started",
+    )?;
+    Ok((server.url(), server))
 }
 
 /// One worker process of a scenario.
@@ -297,7 +233,7 @@ impl Worker {
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        stop_process(&mut self.child);
+        stop_process(&mut self.child, Duration::from_secs(5));
     }
 }
 
@@ -306,22 +242,23 @@ impl Drop for Worker {
 struct Scratch {
     scenario: &'static str,
     ns: Namespace,
-    redis: RedisArgs,
     conn: ConnectionManager,
     logs: PathBuf,
     workers: Vec<Worker>,
+    /// Deletes the namespace's keys; dropped after the workers (see `Drop`).
+    scratch: ScratchNamespace,
 }
 
 impl Scratch {
     fn new(bench: &Bench, scenario: &'static str) -> anyhow::Result<Self> {
-        let ns = Namespace::new(&format!("bench-{}", random_suffix(10)))?;
+        let scratch = ScratchNamespace::new("bench", bench.redis.clone())?;
         Ok(Self {
             scenario,
-            ns,
-            redis: bench.redis.clone(),
+            ns: scratch.namespace().clone(),
             conn: bench.conn.clone(),
             logs: bench.logs.clone(),
             workers: Vec::new(),
+            scratch,
         })
     }
 
@@ -342,17 +279,9 @@ impl Scratch {
     /// and namespace. Inherited `AGENTFLEET_*` variables are dropped so that nothing in the
     /// caller's environment (a fail rate, a real provider) changes what is measured.
     fn spawn(&mut self, role: &str, args: &[&str]) -> anyhow::Result<u32> {
-        let exe = std::env::current_exe().context("cannot find the agentfleet executable")?;
-        let dir = exe
-            .parent()
-            .context("the agentfleet executable has no directory")?;
-        let bin = dir.join(format!("{role}-worker"));
-        if !bin.exists() {
-            bail!(
-                "{} not found next to agentfleet: build the workers too (`cargo build --release --bins`, as `make bench` does)",
-                bin.display()
-            );
-        }
+        let bin = find_bin(&format!("{role}-worker")).context(
+            "build the workers next to agentfleet (`cargo build --release --bins`, as `make bench` does)",
+        )?;
         let log = self.logs.join(format!(
             "{}-{}-{role}-{}.log",
             self.scenario,
@@ -372,7 +301,7 @@ impl Scratch {
             // A stopped bench worker hands its jobs back at once instead of waiting 30 s.
             .args(["--shutdown-grace-secs", "1"])
             .args(args)
-            .envs(self.redis.to_env())
+            .envs(self.scratch.redis().to_env())
             .env("AGENTFLEET_NAMESPACE", self.ns.as_str())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -467,37 +396,13 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         // Workers first: one still running would hand jobs back into deleted keys.
         self.stop_workers();
-        if let Err(e) = delete_namespace(&self.redis, &self.ns) {
+        if let Err(e) = self.scratch.delete() {
             eprintln!(
                 "agentfleet bench: could not delete namespace {}: {e}",
                 self.ns
             );
         }
     }
-}
-
-/// SCAN + DEL of every key of a namespace (task records and queue keys), on a blocking
-/// connection of its own so that it also runs from `Drop`.
-fn delete_namespace(redis: &RedisArgs, ns: &Namespace) -> anyhow::Result<()> {
-    let client = redis.client()?;
-    let mut conn = client.get_connection_with_timeout(Duration::from_secs(2))?;
-    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
-    for pattern in ns.key_patterns() {
-        let keys: Vec<String> = redis::cmd("SCAN")
-            .cursor_arg(0)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(1_000)
-            .clone()
-            .iter::<String>(&mut conn)?
-            .filter_map(Result::ok)
-            .collect();
-        for chunk in keys.chunks(1_000) {
-            redis::cmd("DEL").arg(chunk).query::<()>(&mut conn)?;
-        }
-    }
-    Ok(())
 }
 
 /// A task exactly as `agentfleet enqueue` makes it (trace context included).
@@ -1380,7 +1285,7 @@ pub async fn run(redis: &RedisArgs, args: BenchArgs) -> anyhow::Result<ExitCode>
                 redis.url
             );
         }
-        let (url, server) = start_private_redis().await?;
+        let (url, server) = start_private_redis()?;
         private_redis = Some(server);
         RedisArgs::plain(url)
     };
@@ -1400,8 +1305,7 @@ pub async fn run(redis: &RedisArgs, args: BenchArgs) -> anyhow::Result<ExitCode>
         .trim()
         .to_owned();
     let (clk_tck, clk_assumed) = clock_ticks();
-    let logs = std::env::temp_dir().join(format!("agentfleet-bench-{}", random_suffix(8)));
-    std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
+    let logs = tempdir("bench")?;
     let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
     let cpu = cpu_model();
 
