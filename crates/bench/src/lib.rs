@@ -5,6 +5,7 @@
 //! the bench can share a Redis with a live fleet; with no Redis at `--redis-url` it starts a
 //! private `redis-server` and stops it at the end. The bench reports numbers and never fails
 //! on one: it exits 1 only when a scenario could not run.
+#![forbid(unsafe_code)]
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -407,7 +408,7 @@ impl Drop for Scratch {
 
 /// A task exactly as `agentfleet enqueue` makes it (trace context included).
 fn new_task() -> NewTask {
-    crate::enqueue::new_task(
+    NewTask::new(
         TaskSpec {
             prompt: PROMPT.to_owned(),
             metadata: Default::default(),
