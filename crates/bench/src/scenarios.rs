@@ -146,7 +146,7 @@ impl Bench {
         Ok(())
     }
 
-    /// A prefilled queue drained by one `--bench-noop` worker: the queue's own throughput.
+    /// A prefilled queue drained by one `bench-noop-worker`: the queue's own throughput.
     pub(crate) async fn drain(
         &mut self,
         scenario: &'static str,
@@ -157,10 +157,7 @@ impl Bench {
         prefill_entries(&s.queue("reasoning")?, n).await?;
         let before = redis_snapshot(&mut s.conn).await?;
         let t0 = Instant::now();
-        let pid = s.spawn(
-            "reasoning",
-            &["--bench-noop", "--concurrency", &concurrency.to_string()],
-        )?;
+        let pid = s.spawn_noop("reasoning", concurrency)?;
         let cpu0 = cpu_ticks(pid);
         let done = s.wait_succeeded("reasoning", n).await?;
         let cpu1 = cpu_ticks(pid);

@@ -19,7 +19,7 @@ use crate::{POLL, PROMPT, STALL};
 /// One worker process of a scenario.
 pub(crate) struct Worker {
     child: Child,
-    role: String,
+    binary: String,
     log: PathBuf,
 }
 
@@ -31,8 +31,8 @@ impl Worker {
             let lines: Vec<&str> = log.lines().collect();
             let tail = lines[lines.len().saturating_sub(15)..].join("\n");
             bail!(
-                "{}-worker exited early ({status}); log {}:\n{tail}",
-                self.role,
+                "{} exited early ({status}); log {}:\n{tail}",
+                self.binary,
                 self.log.display()
             );
         }
@@ -84,11 +84,30 @@ impl Scratch {
         )
     }
 
-    /// Starts `<role>-worker` from this executable's directory with the scenario's Redis
-    /// and namespace. Inherited `AGENTFLEET_*` variables are dropped so that nothing in the
-    /// caller's environment (a fail rate, a real provider) changes what is measured.
+    /// Starts `<role>-worker` (the role's real binary, with the mock provider) with the
+    /// scenario's Redis and namespace.
     pub(crate) fn spawn(&mut self, role: &str, args: &[&str]) -> anyhow::Result<u32> {
-        let bin = find_bin(&format!("{role}-worker")).context(
+        let mut all = vec!["--metrics-addr", "127.0.0.1:0", "--provider", "mock"];
+        all.extend_from_slice(args);
+        self.start(&format!("{role}-worker"), role, &all)
+    }
+
+    /// Starts `bench-noop-worker --role <role>`: the queue alone, acknowledging every job
+    /// without a handler or a record (what the drain-noop scenarios measure).
+    pub(crate) fn spawn_noop(&mut self, role: &str, concurrency: u64) -> anyhow::Result<u32> {
+        let concurrency = concurrency.to_string();
+        self.start(
+            "bench-noop-worker",
+            role,
+            &["--role", role, "--concurrency", &concurrency],
+        )
+    }
+
+    /// Starts `binary` from this executable's directory with the scenario's Redis and
+    /// namespace. Inherited `AGENTFLEET_*` variables are dropped so that nothing in the
+    /// caller's environment (a fail rate, a real provider) changes what is measured.
+    fn start(&mut self, binary: &str, role: &str, args: &[&str]) -> anyhow::Result<u32> {
+        let bin = find_bin(binary).context(
             "build the workers next to agentfleet (`cargo build --release --bins`, as `make bench` does)",
         )?;
         let log = self.logs.join(format!(
@@ -106,7 +125,6 @@ impl Scratch {
             }
         }
         let child = cmd
-            .args(["--metrics-addr", "127.0.0.1:0", "--provider", "mock"])
             // A stopped bench worker hands its jobs back at once instead of waiting 30 s.
             .args(["--shutdown-grace-secs", "1"])
             .args(args)
@@ -121,7 +139,7 @@ impl Scratch {
         let pid = child.id();
         self.workers.push(Worker {
             child,
-            role: role.to_owned(),
+            binary: binary.to_owned(),
             log,
         });
         Ok(pid)
