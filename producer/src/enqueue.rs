@@ -4,9 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use agentfleet_job::{
-    Envelope, Limits, Pipeline, StageJob, TaskId, TaskSpec, TraceContext, now_ms,
-};
+use agentfleet_job::{Limits, TaskSpec};
 use agentfleet_queue::{Enqueued, NewTask, PushEntry};
 use anyhow::Context;
 use clap::Args;
@@ -89,40 +87,6 @@ fn parse_meta(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
 }
 
-/// A new task as the CLI makes it: its record fields and its first stage's job, with a
-/// fresh W3C trace context.
-pub(crate) fn new_task(
-    spec: TaskSpec,
-    idempotency_key: Option<String>,
-    pipeline: &Pipeline,
-) -> NewTask {
-    let task_id = TaskId::new();
-    let created_at_ms = now_ms();
-    let trace = TraceContext::new_root();
-    let traceparent = trace.traceparent.clone();
-    let entry = Envelope::new(
-        task_id.to_string(),
-        StageJob {
-            task_id,
-            stage: 0,
-            trace: Some(trace),
-        },
-    )
-    .encode();
-    NewTask {
-        task_id: task_id.to_string(),
-        prompt: spec.prompt,
-        metadata: spec.metadata,
-        pipeline: pipeline.to_string(),
-        created_at_ms,
-        traceparent: Some(traceparent),
-        push: PushEntry {
-            entry,
-            idempotency_key,
-        },
-    }
-}
-
 /// Reads and checks every line first: a bad line is reported with its number and nothing
 /// is enqueued. A line longer than `max_line` is refused without being read whole.
 fn read_jsonl(path: &PathBuf, limits: &Limits, max_line: usize) -> anyhow::Result<Vec<TaskSpec>> {
@@ -193,7 +157,7 @@ pub async fn run(fleet: &Fleet, args: EnqueueArgs) -> anyhow::Result<ExitCode> {
         let specs = read_jsonl(path, &limits, args.max_line_bytes)?;
         let tasks: Vec<NewTask> = specs
             .into_iter()
-            .map(|s| new_task(s, None, &fleet.pipeline))
+            .map(|s| NewTask::new(s, None, &fleet.pipeline))
             .collect();
         enqueue_all(fleet, &tasks).await?;
         let mut out = std::io::stdout().lock();
@@ -230,7 +194,7 @@ pub async fn run(fleet: &Fleet, args: EnqueueArgs) -> anyhow::Result<ExitCode> {
     }
     fleet.agree().await?;
     let queues = fleet.entry_queues()?;
-    let task = new_task(spec, args.idempotency_key, &fleet.pipeline);
+    let task = NewTask::new(spec, args.idempotency_key, &fleet.pipeline);
     let id = match queues[0]
         .enqueue_idempotent(&fleet.store, &task)
         .await
@@ -288,7 +252,7 @@ async fn load(fleet: &Fleet, count: u64, prompt: &str) -> anyhow::Result<ExitCod
         let n = (count - done).min(8_000);
         let tasks: Vec<NewTask> = (0..n)
             .map(|_| {
-                new_task(
+                NewTask::new(
                     TaskSpec {
                         prompt: prompt.to_owned(),
                         metadata: BTreeMap::new(),

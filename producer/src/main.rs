@@ -1,7 +1,6 @@
 //! `agentfleet`: the producer CLI. Output is for people by default and JSON with `--json`.
 #![forbid(unsafe_code)]
 
-mod bench;
 mod dlq;
 mod enqueue;
 mod inspect;
@@ -103,7 +102,7 @@ enum Command {
         json: bool,
     },
     /// Measure throughput, latency, Redis cost, CPU and memory (see BENCHMARKS.md).
-    Bench(bench::BenchArgs),
+    Bench(agentfleet_bench::BenchArgs),
 }
 
 /// What every subcommand works with.
@@ -213,7 +212,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Limits { json } => limits::run(&fleet, json).await,
         // The bench makes its own namespaces (and its own Redis when none answers).
-        Command::Bench(args) => bench::run(&cli.redis, args).await,
+        Command::Bench(args) => agentfleet_bench::run(&cli.redis, args).await,
     }
 }
 

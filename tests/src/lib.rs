@@ -6,33 +6,24 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agentfleet_job::{TaskRecord, TaskStatus};
 use agentfleet_queue::RedisArgs;
+use agentfleet_testkit::{ScratchNamespace, namespace_keys, redis_server_path};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+pub use agentfleet_testkit::{PrivateRedis, RedisOptions, wait_until};
+
 /// Path of one of the workspace's binaries (`agentfleet`, `reasoning-worker`,
 /// `synthesis-worker`), built by `cargo build --workspace --bins` before the tests run
-/// (`make test` does that).
+/// (`make test` does that). Panics with the reason when it is missing.
 pub fn bin(name: &str) -> PathBuf {
-    // Test executables live in target/<profile>/deps; the binaries one level up.
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile> directory");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --workspace --bins` (make test does) before the tests",
-        path.display()
-    );
-    path
+    agentfleet_testkit::find_bin(name).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The Redis the tests use: `REDIS_URL`, or the local default.
@@ -40,24 +31,9 @@ pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }
 
-/// A free loopback port (bound then released: good enough for tests on one machine).
+/// A free loopback port (panics if there is none).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// Polls `check` until it returns true or `timeout` passes.
-pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if check() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    check()
+    agentfleet_testkit::free_port().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// One test's private slice of a Redis: a unique namespace, deleted on drop.
@@ -69,6 +45,9 @@ pub struct Fleet {
     /// The fleet's pipeline (`AGENTFLEET_PIPELINE` for every process), if not the default.
     pub pipeline: Option<String>,
     client: redis::Client,
+    /// Deletes the namespace's keys when the fleet is dropped (after the workers the test
+    /// holds, which it declared later and so drops first).
+    _scratch: ScratchNamespace,
 }
 
 impl Fleet {
@@ -83,17 +62,16 @@ impl Fleet {
     /// A fleet whose processes reach Redis with `redis` (TLS, an ACL user...). The test's
     /// own connection (for reading keys and cleaning up) uses it too.
     pub fn with(test: &str, redis: RedisArgs) -> Self {
-        let suffix: String = std::iter::repeat_with(fastrand::alphanumeric)
-            .take(6)
-            .collect();
-        let namespace = format!("t-{test}-{suffix}");
+        let scratch = ScratchNamespace::new(&format!("t-{test}"), redis.clone())
+            .expect("a valid namespace name");
         let client = redis.client().expect("usable redis options");
         Self {
-            namespace,
+            namespace: scratch.namespace().as_str().to_owned(),
             redis_url: redis.url.expose_secret().to_owned(),
             redis,
             pipeline: None,
             client,
+            _scratch: scratch,
         }
     }
 
@@ -243,21 +221,8 @@ impl Fleet {
         self.try_keys().expect("scan the namespace")
     }
 
-    fn try_keys(&self) -> redis::RedisResult<Vec<String>> {
-        let mut conn = self.client.get_connection()?;
-        let mut keys: Vec<String> = Vec::new();
-        for pattern in self.ns().key_patterns() {
-            let iter: redis::Iter<String> = redis::cmd("SCAN")
-                .cursor_arg(0)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .clone()
-                .iter(&mut conn)?;
-            keys.extend(iter.filter_map(Result::ok));
-        }
-        Ok(keys)
+    fn try_keys(&self) -> Result<Vec<String>, agentfleet_testkit::TestkitError> {
+        namespace_keys(&mut self.client.get_connection()?, &self.ns())
     }
 
     pub fn worker(&self, role: &str) -> WorkerBuilder<'_> {
@@ -277,18 +242,6 @@ impl Fleet {
             ..self.worker(role)
         }
         .arg("--role", role)
-    }
-}
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        // Quietly: a fleet of a restricted user (or an unreachable Redis) may not scan.
-        let keys = self.try_keys().unwrap_or_default();
-        if let Ok(mut conn) = self.client.get_connection() {
-            for chunk in keys.chunks(500) {
-                let _: redis::RedisResult<()> = redis::cmd("DEL").arg(chunk).query(&mut conn);
-            }
-        }
     }
 }
 
@@ -312,7 +265,7 @@ impl WorkerBuilder<'_> {
             "/usr/lib",
         ]
         .iter()
-        .map(|dir| Path::new(dir).join("faketime/libfaketime.so.1"))
+        .map(|dir| std::path::Path::new(dir).join("faketime/libfaketime.so.1"))
         .find(|p| p.exists())
         .expect("libfaketime is installed (.ci/install-deploy-tools.sh installs faketime)");
         self.env("LD_PRELOAD", lib.display())
@@ -461,148 +414,9 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
-/// A fresh temporary directory.
+/// A fresh temporary directory (panics if it cannot be made).
 pub fn tempdir() -> PathBuf {
-    let suffix: String = std::iter::repeat_with(fastrand::alphanumeric)
-        .take(10)
-        .collect();
-    let dir = std::env::temp_dir().join(format!("agentfleet-test-{suffix}"));
-    std::fs::create_dir_all(&dir).expect("create temp dir");
-    dir
-}
-
-/// A private redis-server on a free loopback port, with AOF (fsync always) in a temp dir so
-/// that it can be stopped and restarted without losing data. Killed on drop.
-pub struct PrivateRedis {
-    child: Option<Child>,
-    pub port: u16,
-    dir: PathBuf,
-    extra_args: Vec<String>,
-    /// The default user's password (`requirepass`), if any.
-    password: Option<String>,
-}
-
-impl PrivateRedis {
-    pub fn start() -> Self {
-        Self::launch(None, &[])
-    }
-
-    /// With more `redis-server` arguments, e.g. `["--enable-debug-command", "local"]`.
-    pub fn start_with(extra_args: &[&str]) -> Self {
-        Self::launch(None, extra_args)
-    }
-
-    /// A private Redis whose default user needs `password`.
-    pub fn start_with_password(password: Option<&str>) -> Self {
-        Self::launch(password, &[])
-    }
-
-    fn launch(password: Option<&str>, extra_args: &[&str]) -> Self {
-        let port = free_port();
-        let dir = tempdir();
-        let mut redis = Self {
-            child: None,
-            port,
-            dir,
-            extra_args: extra_args.iter().map(|s| (*s).to_owned()).collect(),
-            password: password.map(str::to_owned),
-        };
-        redis.restart();
-        redis
-    }
-
-    /// A connection to this server, as its administrator.
-    pub fn conn(&self) -> redis::Connection {
-        redis::Client::open(self.url())
-            .and_then(|c| c.get_connection())
-            .expect("private redis reachable")
-    }
-
-    /// The administrator's URL (the default user, with its password if it has one).
-    pub fn url(&self) -> String {
-        match &self.password {
-            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
-            None => format!("redis://127.0.0.1:{}", self.port),
-        }
-    }
-
-    /// The URL of another user of this server.
-    pub fn user_url(&self, user: &str, password: &str) -> String {
-        format!("redis://{user}:{password}@127.0.0.1:{}", self.port)
-    }
-
-    /// Runs one command as the administrator, e.g. `ACL SETUSER ...`.
-    pub fn admin(&self, args: &[&str]) -> redis::RedisResult<redis::Value> {
-        let client = redis::Client::open(self.url())?;
-        let mut conn = client.get_connection()?;
-        let mut cmd = redis::cmd(args[0]);
-        for a in &args[1..] {
-            cmd.arg(*a);
-        }
-        cmd.query(&mut conn)
-    }
-
-    /// Starts the server (again), with the data it had.
-    pub fn restart(&mut self) {
-        let child = Command::new(redis_server())
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-            ])
-            .args(
-                self.password
-                    .iter()
-                    .flat_map(|p| ["--requirepass".to_owned(), p.clone()]),
-            )
-            .arg("--dir")
-            .arg(&self.dir)
-            .args(&self.extra_args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        self.child = Some(child);
-        let url = self.url();
-        assert!(
-            wait_until(Duration::from_secs(10), || {
-                redis::Client::open(url.as_str())
-                    .and_then(|c| c.get_connection())
-                    .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-                    .is_ok()
-            }),
-            "private redis-server did not start"
-        );
-    }
-
-    /// Stops the server abruptly (SIGKILL; the AOF holds every acknowledged write).
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn redis_server() -> PathBuf {
-    for dir in ["/usr/bin", "/usr/local/bin", "/usr/sbin"] {
-        let p = Path::new(dir).join("redis-server");
-        if p.exists() {
-            return p;
-        }
-    }
-    PathBuf::from("redis-server")
+    agentfleet_testkit::tempdir("test").unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Test certificates made with `openssl` in a temporary directory: a CA, a server
@@ -709,7 +523,7 @@ impl TlsRedis {
     pub fn start(certs: &Certs, mutual: bool) -> Self {
         let port = free_port();
         let dir = tempdir();
-        let child = Command::new(redis_server())
+        let child = Command::new(redis_server_path())
             .args([
                 "--port",
                 "0",

@@ -36,6 +36,44 @@ pub struct NewTask {
     pub push: PushEntry,
 }
 
+impl NewTask {
+    /// A new task exactly as `agentfleet enqueue` makes it: a fresh id, its record fields,
+    /// its first stage's job and a fresh W3C trace context. Here so that the CLI and the
+    /// bench build the same entries.
+    pub fn new(
+        spec: agentfleet_job::TaskSpec,
+        idempotency_key: Option<String>,
+        pipeline: &agentfleet_job::Pipeline,
+    ) -> Self {
+        use agentfleet_job::{Envelope, StageJob, TaskId, TraceContext, now_ms};
+        let task_id = TaskId::new();
+        let created_at_ms = now_ms();
+        let trace = TraceContext::new_root();
+        let traceparent = trace.traceparent.clone();
+        let entry = Envelope::new(
+            task_id.to_string(),
+            StageJob {
+                task_id,
+                stage: 0,
+                trace: Some(trace),
+            },
+        )
+        .encode();
+        Self {
+            task_id: task_id.to_string(),
+            prompt: spec.prompt,
+            metadata: spec.metadata,
+            pipeline: pipeline.to_string(),
+            created_at_ms,
+            traceparent: Some(traceparent),
+            push: PushEntry {
+                entry,
+                idempotency_key,
+            },
+        }
+    }
+}
+
 /// Entries handed to a worker, byte for byte as they are recorded in flight.
 pub type Fetched = Vec<Vec<u8>>;
 

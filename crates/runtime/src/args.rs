@@ -65,11 +65,6 @@ pub struct WorkerArgs {
     #[arg(long, env = "AGENTFLEET_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
 
-    /// Benchmarking only: acknowledge every job without running the role's handler, so
-    /// that `agentfleet bench` measures the queue alone.
-    #[arg(long, env = "AGENTFLEET_BENCH_NOOP", hide = true)]
-    pub bench_noop: bool,
-
     /// Largest prompt (bytes) a task may carry; a larger one is dead-lettered (class
     /// `too_large`) without calling the provider.
     #[arg(long, env = "AGENTFLEET_MAX_PROMPT_BYTES", default_value_t = Limits::DEFAULT_MAX_PROMPT_BYTES)]

@@ -150,7 +150,6 @@ impl Readiness for WorkerReadiness {
 struct RoleService<H> {
     handler: Arc<H>,
     ctx: Arc<RoleContext>,
-    noop: bool,
 }
 
 impl<H> Clone for RoleService<H> {
@@ -158,7 +157,6 @@ impl<H> Clone for RoleService<H> {
         Self {
             handler: self.handler.clone(),
             ctx: self.ctx.clone(),
-            noop: self.noop,
         }
     }
 }
@@ -173,9 +171,6 @@ impl<H: RoleHandler> tower::Service<Task<Delivery>> for RoleService<H> {
     }
 
     fn call(&mut self, task: Task<Delivery>) -> Self::Future {
-        if self.noop {
-            return Box::pin(futures::future::ready(Ok(())));
-        }
         // A fault no outside event can cause: a panic outside the handler's containment,
         // which ends the apalis worker (see the supervision in `run`).
         fail::fail_point!("job-loop-panic");
@@ -368,7 +363,6 @@ pub async fn run<H: RoleHandler>(
     let service = RoleService {
         handler: Arc::new(handler),
         ctx,
-        noop: args.bench_noop,
     };
     let worker = WorkerBuilder::new(worker_id.clone())
         .backend(backend)
