@@ -316,6 +316,19 @@ pub async fn check_access(conn: &ConnectionManager) -> Result<(), QueueError> {
     }
 }
 
+/// The two connections a worker process needs: one multiplexed connection for everything,
+/// checked with [`check_access`], and one of its own for the fetcher's blocking `BLMOVE`
+/// (a blocking command stalls the connection it runs on).
+pub async fn connect_worker(
+    redis: &RedisArgs,
+) -> Result<(ConnectionManager, ConnectionManager), QueueError> {
+    let options = ConnectOptions::default();
+    let conn = connect(redis, &options)?;
+    check_access(&conn).await?;
+    let blocking = connect(redis, &options)?;
+    Ok((conn, blocking))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,7 +24,7 @@ pub use backend::{
     Delivery, Disposition, FailurePolicy, JobFailure, RedisBackend, WorkerHandle, WorkerOptions,
     WorkerStatus,
 };
-pub use connection::{ConnectOptions, RedisArgs, RedisUrl, check_access, connect};
+pub use connection::{ConnectOptions, RedisArgs, RedisUrl, check_access, connect, connect_worker};
 pub use dead_letter::DeadLetter;
 pub use error::QueueError;
 pub use fleet::{

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use agentfleet_job::JobError;
 use agentfleet_queue::{
-    ConnectOptions, Delivery, Disposition, JobFailure, Namespace, Queue, QueueError, RedisBackend,
-    TaskStore, WorkerOptions, WorkerStatus, agree_on_pipeline, check_access, connect,
+    Delivery, Disposition, JobFailure, Namespace, Queue, QueueError, RedisBackend, TaskStore,
+    WorkerOptions, WorkerStatus, agree_on_pipeline, connect_worker,
 };
 use agentfleet_telemetry::{Metrics, Readiness, init_logging, job_span, serve};
 use apalis::layers::WorkerBuilderExt;
@@ -241,20 +241,9 @@ pub async fn run<H: RoleHandler>(
     let worker_id = worker_id(args.worker_name.as_deref());
     let version = env!("CARGO_PKG_VERSION");
 
-    let options = ConnectOptions::default();
-    let conn = connect(&args.redis, &options)?;
     // A certificate, password or ACL that Redis refuses stops the worker now, with the
     // reason; Redis merely being away does not (it connects when Redis answers).
-    check_access(&conn).await?;
-    // The blocking wait parks its connection: it gets one of its own, with a reply timeout
-    // longer than the wait.
-    let blocking_conn = connect(
-        &args.redis,
-        &ConnectOptions {
-            response_timeout: Duration::from_secs(5),
-            ..options.clone()
-        },
-    )?;
+    let (conn, blocking_conn) = connect_worker(&args.redis).await?;
 
     let metrics = Metrics::new().map_err(|e| RuntimeError::Metrics(e.to_string()))?;
     metrics.init_role(role, version, &worker_id);

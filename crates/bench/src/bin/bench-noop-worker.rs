@@ -15,8 +15,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use agentfleet_queue::{
-    ConnectOptions, Delivery, Disposition, FailurePolicy, FleetArgs, JobFailure, Queue, RedisArgs,
-    RedisBackend, WorkerOptions, WorkerStatus, check_access, connect,
+    Delivery, Disposition, FailurePolicy, FleetArgs, JobFailure, Queue, RedisArgs, RedisBackend,
+    WorkerOptions, WorkerStatus, connect_worker,
 };
 use agentfleet_telemetry::{LogFormat, Metrics, init_logging, job_span};
 use anyhow::Context as _;
@@ -83,17 +83,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let worker_id = format!("bench-noop-{}", agentfleet_testkit::random_suffix(6));
     let concurrency = args.concurrency.max(1);
 
-    let options = ConnectOptions::default();
-    let conn = connect(&args.redis, &options)?;
-    check_access(&conn).await?;
-    // The blocking wait parks its connection: one of its own, as in the runtime.
-    let blocking_conn = connect(
-        &args.redis,
-        &ConnectOptions {
-            response_timeout: Duration::from_secs(5),
-            ..options
-        },
-    )?;
+    let (conn, blocking_conn) = connect_worker(&args.redis).await?;
 
     let metrics = Metrics::new().context("metrics registry")?;
     metrics.init_role(role, env!("CARGO_PKG_VERSION"), &worker_id);
