@@ -28,6 +28,10 @@ pub enum JobError {
     /// `budget` (replayable once the budget resets at UTC midnight or is raised).
     #[error("budget: {message}")]
     Budget { message: String },
+    /// A guardrail rule whose action is `reject` failed (input, or output after its
+    /// re-asks): dead-lettered at once with class `guardrail`.
+    #[error("guardrail: {message}")]
+    Guardrail { message: String },
 }
 
 impl JobError {
@@ -51,6 +55,7 @@ impl JobError {
             Self::TooLarge { .. } => ErrorClass::TooLarge,
             Self::Deferred { .. } => ErrorClass::Deferred,
             Self::Budget { .. } => ErrorClass::Budget,
+            Self::Guardrail { .. } => ErrorClass::Guardrail,
         }
     }
 
@@ -60,6 +65,7 @@ impl JobError {
             | Self::Permanent { message }
             | Self::TooLarge { message }
             | Self::Budget { message }
+            | Self::Guardrail { message }
             | Self::Deferred {
                 reason: message, ..
             } => message,
@@ -70,7 +76,10 @@ impl JobError {
         match self {
             Self::Transient { retry_after, .. } => *retry_after,
             Self::Deferred { delay, .. } => Some(*delay),
-            Self::Permanent { .. } | Self::TooLarge { .. } | Self::Budget { .. } => None,
+            Self::Permanent { .. }
+            | Self::TooLarge { .. }
+            | Self::Budget { .. }
+            | Self::Guardrail { .. } => None,
         }
     }
 }
@@ -93,6 +102,8 @@ pub enum ErrorClass {
     Budget,
     /// Waiting for capacity: never a dead letter's class, the job is rescheduled uncounted.
     Deferred,
+    /// A guardrail rule rejected its input or output, or a person rejected it in review.
+    Guardrail,
 }
 
 impl fmt::Display for ErrorClass {
@@ -105,6 +116,7 @@ impl fmt::Display for ErrorClass {
             Self::TooLarge => "too_large",
             Self::Budget => "budget",
             Self::Deferred => "deferred",
+            Self::Guardrail => "guardrail",
         })
     }
 }

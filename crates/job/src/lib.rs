@@ -11,6 +11,7 @@ pub mod exit;
 mod limits;
 mod pipeline;
 mod record;
+mod review;
 mod task;
 mod trace;
 
@@ -19,6 +20,7 @@ pub use error::{ErrorClass, JobError};
 pub use limits::{LimitError, Limits};
 pub use pipeline::{DEFAULT_PIPELINE, Pipeline, PipelineError};
 pub use record::{StageRecord, StageState, TaskRecord, TaskStatus, TokenUsage};
+pub use review::{GuardSide, PendingReview, ReviewDecision, ReviewVerdict};
 pub use task::{StageJob, TaskId, TaskSpec};
 pub use trace::TraceContext;
 

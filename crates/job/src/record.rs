@@ -13,6 +13,9 @@ pub enum TaskStatus {
     Running,
     Done,
     Dead,
+    /// Parked by a guardrail whose action is `review`: holds no worker slot until a person
+    /// approves (the task resumes where it stopped) or rejects it (it is dead-lettered).
+    Review,
 }
 
 impl TaskStatus {
@@ -22,6 +25,7 @@ impl TaskStatus {
             Self::Running => "running",
             Self::Done => "done",
             Self::Dead => "dead",
+            Self::Review => "review",
         }
     }
 
@@ -45,6 +49,7 @@ impl FromStr for TaskStatus {
             "running" => Self::Running,
             "done" => Self::Done,
             "dead" => Self::Dead,
+            "review" => Self::Review,
             other => return Err(format!("unknown task status {other:?}")),
         })
     }
@@ -62,6 +67,10 @@ pub enum StageState {
     Done,
     /// Dead-lettered: the task is dead with it.
     Dead,
+    /// A guardrail parked it for a person's decision (`agentfleet review`).
+    Review,
+    /// A person approved it in review; its job is queued to resume the stage.
+    Approved,
 }
 
 impl StageState {
@@ -71,6 +80,8 @@ impl StageState {
             Self::Retrying => "retrying",
             Self::Done => "done",
             Self::Dead => "dead",
+            Self::Review => "review",
+            Self::Approved => "approved",
         }
     }
 }
@@ -83,6 +94,8 @@ impl FromStr for StageState {
             "retrying" => Self::Retrying,
             "done" => Self::Done,
             "dead" => Self::Dead,
+            "review" => Self::Review,
+            "approved" => Self::Approved,
             other => return Err(format!("unknown stage state {other:?}")),
         })
     }
@@ -123,6 +136,12 @@ pub struct StageRecord {
     /// The last failed attempt's error: history, not the task's state.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// What waits for a person's decision, while `state` is `review`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review: Option<crate::PendingReview>,
+    /// Input guardrail rules a person approved for this role: not checked again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approved_rules: Vec<String>,
 }
 
 impl StageRecord {
@@ -159,6 +178,9 @@ pub struct TaskRecord {
     /// Per role of the pipeline.
     #[serde(default)]
     pub stages: BTreeMap<String, StageRecord>,
+    /// Every review decision taken on the task, oldest first: who, when, what.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reviews: Vec<crate::ReviewDecision>,
 }
 
 impl TaskRecord {
