@@ -17,6 +17,7 @@ mod error;
 mod fleet;
 mod keys;
 mod queue;
+mod review;
 mod scripts;
 mod store;
 
@@ -35,4 +36,5 @@ pub use keys::{BudgetKeys, InvalidName, LimitKeys, Namespace, QueueKeys};
 pub use queue::{
     Enqueued, Fetched, NewTask, PushEntry, Queue, QueueCounts, RecoveryReport, unreadable_id,
 };
+pub use review::{ParkedTask, ReviewCounts, ReviewWrite};
 pub use store::{Finished, StageData, StageFinish, StageStart, Started, TaskStore};

@@ -71,6 +71,11 @@ pub enum JobFailure {
     Job(#[from] JobError),
     #[error("undecodable entry: {0}")]
     Decode(#[from] DecodeError),
+    /// Not a failure: a guardrail parked the task for review (its record says what waits).
+    /// The entry leaves the worker and the task joins the role's review index, holding no
+    /// slot until a person decides.
+    #[error("parked for review: {reason}")]
+    Parked { reason: String },
 }
 
 /// What happened to a delivery, as metrics count it.
@@ -86,6 +91,8 @@ pub enum Disposition {
     LeaseLost,
     /// The worker stopped before the settlement could be written; the entry is handed back.
     Unsettled,
+    /// Parked for review: settled, its task waits for a person's decision.
+    Parked,
 }
 
 impl Disposition {
@@ -97,6 +104,7 @@ impl Disposition {
             Self::Deferred => "deferred",
             Self::LeaseLost => "lease_lost",
             Self::Unsettled => "unsettled",
+            Self::Parked => "parked",
         }
     }
 }
