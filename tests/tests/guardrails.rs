@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use agentfleet_e2e::{FakeProvider, Fleet, WorkerBuilder, tempdir, wait_until};
-use agentfleet_job::{ReviewVerdict, TaskStatus};
+use agentfleet_job::{Envelope, ReviewVerdict, StageJob, TaskId, TaskStatus};
 use serde_json::Value;
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -425,7 +425,7 @@ action = "review"
 }
 
 #[test]
-fn an_input_approved_in_review_runs_without_that_rule() {
+fn an_input_approved_in_review_runs_without_that_rule_and_a_lost_parking_is_repaired() {
     let dir = tempdir();
     let file = write(
         &dir,
@@ -445,6 +445,42 @@ action = "review"
     assert!(wait_until(Duration::from_secs(20), || status(&fleet, &id)
         == Some(TaskStatus::Review)));
     assert!(provider.requests().is_empty());
+
+    // A parking whose settlement was lost (its index entry missing, a copy of its job
+    // delivered again): the copy is parked again, without calling the provider.
+    let keys = fleet.queue_keys("reasoning");
+    let mut conn = fleet.conn();
+    let removed: u64 = redis::cmd("ZREM")
+        .arg(keys.review())
+        .arg(&id)
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(removed, 1);
+    let copy = Envelope::new(
+        id.clone(),
+        StageJob {
+            task_id: id.parse::<TaskId>().unwrap(),
+            stage: 0,
+            trace: None,
+        },
+    )
+    .encode();
+    let _: () = redis::cmd("LPUSH")
+        .arg(keys.pending())
+        .arg(copy)
+        .query(&mut conn)
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(20), || {
+        redis::cmd("ZSCORE")
+            .arg(keys.review())
+            .arg(&id)
+            .query::<Option<f64>>(&mut fleet.conn())
+            .unwrap()
+            .is_some()
+    }));
+    assert!(provider.requests().is_empty());
+    assert_eq!(status(&fleet, &id), Some(TaskStatus::Review));
+
     let human = fleet.cli_ok(&["review", "list"]);
     assert!(
         human.contains(&id) && human.contains("secret_marker"),
