@@ -611,3 +611,56 @@ fn the_next_stage_inherits_the_lane() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{out:?}");
 }
+
+#[test]
+fn under_a_fleet_limit_a_waiting_high_job_gets_the_next_slot() {
+    let provider = SlowProvider::start();
+    let fleet = Fleet::new("control-limit-lanes");
+    // 20 jobs in the worker's hands, 2 calls at a time: 18 normal jobs always wait for the
+    // limit inside the worker.
+    let _reasoning = worker(&fleet, "reasoning", &provider)
+        .arg("--concurrency", 20)
+        .arg("--max-concurrent-requests", 2)
+        .spawn();
+    let warm_up = fleet.cli_ok(&["enqueue", "warm-up"]).trim().to_owned();
+    assert!(wait_until(Duration::from_secs(20), || fleet
+        .record(&warm_up)
+        .status
+        != TaskStatus::Queued
+        && fleet.count_stage_done(std::slice::from_ref(&warm_up), "reasoning") == 1));
+    let normal: Vec<serde_json::Value> = (0..60)
+        .map(|i| serde_json::json!({"prompt": format!("normal {i} sleep=200")}))
+        .collect();
+    enqueue_lines(&fleet, &normal);
+    assert!(wait_until(Duration::from_secs(10), || provider
+        .calls_for("normal")
+        .len()
+        >= 6));
+    let high: Vec<serde_json::Value> = (0..4)
+        .map(|i| serde_json::json!({"prompt": format!("urgent {i} sleep=200"), "priority": "high"}))
+        .collect();
+    let asked = Instant::now();
+    enqueue_lines(&fleet, &high);
+    assert!(wait_until(Duration::from_secs(20), || provider
+        .calls_for("urgent")
+        .len()
+        == 4));
+    let last_high = provider
+        .calls_for("urgent")
+        .iter()
+        .map(|c| c.received)
+        .max()
+        .unwrap();
+    let normal_between = provider
+        .calls_for("normal")
+        .iter()
+        .filter(|c| c.received > asked && c.received < last_high)
+        .count();
+    eprintln!("normal calls while 4 high jobs waited for the limit: {normal_between}");
+    // Each high job waits for a worker slot (one frees every 100 ms), then takes the next
+    // limit slot ahead of the 18 normal jobs already waiting for it.
+    assert!(
+        normal_between <= 6,
+        "{normal_between} normal calls went before the high jobs"
+    );
+}
