@@ -126,7 +126,7 @@ async fn watch(running: Arc<RunningTasks>, store: TaskStore) {
         };
         // The first poll checks too: a cancel may have landed between a stage's start
         // (which read the status) and this worker's first look at the counter.
-        if seen == Some(seq) && polls % FULL_CHECK_EVERY != 0 {
+        if seen == Some(seq) && !polls.is_multiple_of(FULL_CHECK_EVERY) {
             continue;
         }
         let ids = running.ids();
