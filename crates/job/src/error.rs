@@ -28,6 +28,13 @@ pub enum JobError {
     /// `budget` (replayable once the budget resets at UTC midnight or is raised).
     #[error("budget: {message}")]
     Budget { message: String },
+    /// Not a failure: the task was cancelled or its deadline passed (`status` says which,
+    /// already on the record), so the job ends here, acknowledged, and nothing chains.
+    #[error("{status}: {message}")]
+    Stopped {
+        status: crate::TaskStatus,
+        message: String,
+    },
 }
 
 impl JobError {
@@ -51,6 +58,7 @@ impl JobError {
             Self::TooLarge { .. } => ErrorClass::TooLarge,
             Self::Deferred { .. } => ErrorClass::Deferred,
             Self::Budget { .. } => ErrorClass::Budget,
+            Self::Stopped { .. } => ErrorClass::Stopped,
         }
     }
 
@@ -60,6 +68,7 @@ impl JobError {
             | Self::Permanent { message }
             | Self::TooLarge { message }
             | Self::Budget { message }
+            | Self::Stopped { message, .. }
             | Self::Deferred {
                 reason: message, ..
             } => message,
@@ -70,7 +79,10 @@ impl JobError {
         match self {
             Self::Transient { retry_after, .. } => *retry_after,
             Self::Deferred { delay, .. } => Some(*delay),
-            Self::Permanent { .. } | Self::TooLarge { .. } | Self::Budget { .. } => None,
+            Self::Permanent { .. }
+            | Self::TooLarge { .. }
+            | Self::Budget { .. }
+            | Self::Stopped { .. } => None,
         }
     }
 }
@@ -93,6 +105,9 @@ pub enum ErrorClass {
     Budget,
     /// Waiting for capacity: never a dead letter's class, the job is rescheduled uncounted.
     Deferred,
+    /// The task was cancelled or expired: never a dead letter's class, the job is
+    /// acknowledged.
+    Stopped,
 }
 
 impl fmt::Display for ErrorClass {
@@ -105,6 +120,7 @@ impl fmt::Display for ErrorClass {
             Self::TooLarge => "too_large",
             Self::Budget => "budget",
             Self::Deferred => "deferred",
+            Self::Stopped => "stopped",
         })
     }
 }

@@ -8,6 +8,7 @@
 
 mod args;
 mod context;
+mod control;
 mod run;
 
 pub use args::{WorkerArgs, parse_args};
