@@ -33,8 +33,12 @@ def main(mode):
                 sys.exit(f"{name}: scales a Deployment that does not exist")
             for t in spec["triggers"]:
                 meta = t["metadata"]
-                if t["type"] != "redis" or not meta.get("address") or not meta.get("listName", "").endswith(":pending"):
-                    sys.exit(f"{name}: redis trigger needs address and the role's pending list")
+                lane_lists = (":pending", ":pending:high", ":pending:low")
+                if t["type"] != "redis" or not meta.get("address") or not meta.get("listName", "").endswith(lane_lists):
+                    sys.exit(f"{name}: redis trigger needs address and one of the role's pending lists")
+            lists = {t["metadata"]["listName"].split("}", 1)[1] for t in spec["triggers"]}
+            if lists != set(lane_lists):
+                sys.exit(f"{name}: triggers must cover every priority lane, found {sorted(lists)}")
                 int(meta["listLength"])
             if not 0 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]:
                 sys.exit(f"{name}: replica bounds")

@@ -237,6 +237,7 @@ async fn restart_unfinished_branches(
                 .push(agentfleet_queue::PushEntry {
                     entry,
                     idempotency_key: None,
+                    due_ms: None,
                 })
                 .await?;
             println!("re-enqueued {sibling} for {id} (its branch of the stage had not finished)");

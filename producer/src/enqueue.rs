@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use agentfleet_job::{Limits, TaskSpec};
-use agentfleet_queue::{Enqueued, NewTask, PushEntry};
+use agentfleet_job::{Lane, Limits, TaskSpec};
+use agentfleet_queue::{Enqueued, NewTask, PushEntry, TaskControl};
 use anyhow::Context;
 use clap::Args;
 
@@ -42,6 +42,9 @@ pub struct EnqueueArgs {
     #[arg(long, conflicts_with_all = ["file", "count"])]
     idempotency_key: Option<String>,
 
+    #[command(flatten)]
+    control: ControlArgs,
+
     /// Largest prompt, in bytes.
     #[arg(long, env = "AGENTFLEET_MAX_PROMPT_BYTES", default_value_t = Limits::DEFAULT_MAX_PROMPT_BYTES)]
     max_prompt_bytes: usize,
@@ -57,6 +60,153 @@ pub struct EnqueueArgs {
     /// Largest metadata entry, key plus value, in bytes.
     #[arg(long, env = "AGENTFLEET_MAX_METADATA_ENTRY_BYTES", default_value_t = Limits::DEFAULT_MAX_METADATA_ENTRY_BYTES)]
     max_metadata_entry_bytes: usize,
+}
+
+/// When and how urgently the tasks run (every task of this enqueue; a JSONL line's own
+/// `priority`, `deadline`, `delay` or `at` wins for that line).
+#[derive(Args, Default, Clone)]
+pub struct ControlArgs {
+    /// Priority lane: high, normal or low. Workers take high first, but keep a guaranteed
+    /// share for the lower lanes (the workers' --lane-shares).
+    #[arg(long, value_name = "LANE", default_value = "normal")]
+    priority: Lane,
+
+    /// When the task stops being worth doing: a duration from now (30s, 5m) or a time
+    /// (2026-12-01T09:00:00Z). Past it nothing more of the task runs, a running call is
+    /// aborted, and the task ends `expired`.
+    #[arg(long, value_name = "DURATION|TIME", value_parser = parse_when)]
+    deadline: Option<When>,
+
+    /// Start the task this long from now (10s, 10m, 2h): it waits in the scheduled set.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, conflicts_with = "at")]
+    delay: Option<std::time::Duration>,
+
+    /// Start the task at this time (RFC 3339, e.g. 2026-12-01T09:00:00Z).
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    at: Option<u64>,
+}
+
+/// A time given relative to now or absolutely (ms since the epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    In(std::time::Duration),
+    At(u64),
+}
+
+impl When {
+    /// The absolute time on Redis's clock: a relative time counts from `redis_now`.
+    fn resolve(self, redis_now: u64) -> u64 {
+        match self {
+            When::In(d) => redis_now + d.as_millis() as u64,
+            When::At(ms) => ms,
+        }
+    }
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| format!("{s:?}: {e} (e.g. 30s, 10m, 2h)"))
+}
+
+fn parse_time(s: &str) -> Result<u64, String> {
+    humantime::parse_rfc3339_weak(s.trim())
+        .map_err(|e| format!("{s:?}: {e} (e.g. 2026-12-01T09:00:00Z)"))
+        .and_then(|t| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .map_err(|_| format!("{s:?}: before 1970"))
+        })
+}
+
+fn parse_when(s: &str) -> Result<When, String> {
+    match parse_duration(s) {
+        Ok(d) => Ok(When::In(d)),
+        Err(_) => parse_time(s).map(When::At).map_err(|_| {
+            format!("{s:?}: expected a duration (30s, 5m) or a time (2026-12-01T09:00:00Z)")
+        }),
+    }
+}
+
+/// One task's lane and times, before they are put on Redis's clock.
+#[derive(Debug, Clone, Copy, Default)]
+struct Timing {
+    lane: Lane,
+    deadline: Option<When>,
+    start: Option<When>,
+}
+
+impl Timing {
+    fn needs_clock(&self) -> bool {
+        matches!(self.deadline, Some(When::In(_))) || matches!(self.start, Some(When::In(_)))
+    }
+
+    fn resolve(self, redis_now: u64) -> TaskControl {
+        TaskControl {
+            lane: self.lane,
+            deadline_ms: self.deadline.map(|w| w.resolve(redis_now)),
+            not_before_ms: self.start.map(|w| w.resolve(redis_now)),
+        }
+    }
+}
+
+impl ControlArgs {
+    fn timing(&self) -> Timing {
+        Timing {
+            lane: self.priority,
+            deadline: self.deadline,
+            start: self.delay.map(When::In).or(self.at.map(When::At)),
+        }
+    }
+}
+
+/// Redis's time when any relative time needs it (one round trip), else 0 (unused).
+async fn redis_now(fleet: &Fleet, timings: impl Iterator<Item = Timing>) -> anyhow::Result<u64> {
+    let mut timings = timings;
+    if !timings.any(|t| t.needs_clock()) {
+        return Ok(0);
+    }
+    let queues = fleet.entry_queues()?;
+    Ok(queues[0].redis_time_ms().await?)
+}
+
+/// A JSONL line: the task, and optionally its own lane and times (as the flags spell them).
+#[derive(serde::Deserialize)]
+struct JsonlTask {
+    #[serde(flatten)]
+    spec: TaskSpec,
+    #[serde(default)]
+    priority: Option<String>,
+    #[serde(default)]
+    deadline: Option<String>,
+    #[serde(default)]
+    delay: Option<String>,
+    #[serde(default)]
+    at: Option<String>,
+}
+
+impl JsonlTask {
+    /// The line's timing over the flags' `base`.
+    fn timing(&self, base: Timing) -> Result<Timing, String> {
+        let mut t = base;
+        if let Some(p) = &self.priority {
+            t.lane = p.parse().map_err(|e| format!("priority: {e}"))?;
+        }
+        if let Some(d) = &self.deadline {
+            t.deadline = Some(parse_when(d).map_err(|e| format!("deadline: {e}"))?);
+        }
+        match (&self.delay, &self.at) {
+            (Some(_), Some(_)) => return Err("give delay or at, not both".to_owned()),
+            (Some(d), None) => {
+                t.start = Some(When::In(
+                    parse_duration(d).map_err(|e| format!("delay: {e}"))?,
+                ))
+            }
+            (None, Some(a)) => {
+                t.start = Some(When::At(parse_time(a).map_err(|e| format!("at: {e}"))?))
+            }
+            (None, None) => {}
+        }
+        Ok(t)
+    }
 }
 
 impl EnqueueArgs {
@@ -89,7 +239,12 @@ fn parse_meta(s: &str) -> Result<(String, String), String> {
 
 /// Reads and checks every line first: a bad line is reported with its number and nothing
 /// is enqueued. A line longer than `max_line` is refused without being read whole.
-fn read_jsonl(path: &PathBuf, limits: &Limits, max_line: usize) -> anyhow::Result<Vec<TaskSpec>> {
+fn read_jsonl(
+    path: &PathBuf,
+    limits: &Limits,
+    max_line: usize,
+    base: Timing,
+) -> anyhow::Result<Vec<(TaskSpec, Timing)>> {
     let file =
         std::fs::File::open(path).map_err(|e| usage!("cannot open {}: {e}", path.display()))?;
     let mut reader = std::io::BufReader::new(file);
@@ -139,11 +294,12 @@ fn read_jsonl(path: &PathBuf, limits: &Limits, max_line: usize) -> anyhow::Resul
         if line.trim().is_empty() {
             continue;
         }
-        let spec: TaskSpec = serde_json::from_str(line).map_err(|e| {
+        let task: JsonlTask = serde_json::from_str(line).map_err(|e| {
             usage!("{at}not a task ({e}); want {{\"prompt\": \"...\", \"metadata\": {{...}}}}")
         })?;
-        check(&spec, limits, &at)?;
-        specs.push(spec);
+        let timing = task.timing(base).map_err(|e| usage!("{at}{e}"))?;
+        check(&task.spec, limits, &at)?;
+        specs.push((task.spec, timing));
     }
     if specs.is_empty() {
         return Err(usage!("{}: no tasks in file", path.display()));
@@ -154,10 +310,11 @@ fn read_jsonl(path: &PathBuf, limits: &Limits, max_line: usize) -> anyhow::Resul
 pub async fn run(fleet: &Fleet, args: EnqueueArgs) -> anyhow::Result<ExitCode> {
     let limits = args.limits();
     if let Some(path) = &args.file {
-        let specs = read_jsonl(path, &limits, args.max_line_bytes)?;
+        let specs = read_jsonl(path, &limits, args.max_line_bytes, args.control.timing())?;
+        let now = redis_now(fleet, specs.iter().map(|(_, t)| *t)).await?;
         let tasks: Vec<NewTask> = specs
             .into_iter()
-            .map(|s| NewTask::new(s, None, &fleet.pipeline))
+            .map(|(s, t)| NewTask::with_control(s, None, &fleet.pipeline, t.resolve(now)))
             .collect();
         enqueue_all(fleet, &tasks).await?;
         let mut out = std::io::stdout().lock();
@@ -173,7 +330,9 @@ pub async fn run(fleet: &Fleet, args: EnqueueArgs) -> anyhow::Result<ExitCode> {
             metadata: BTreeMap::new(),
         };
         check(&spec, &limits, "")?;
-        return load(fleet, count, &spec.prompt).await;
+        let timing = args.control.timing();
+        let control = timing.resolve(redis_now(fleet, std::iter::once(timing)).await?);
+        return load(fleet, count, &spec.prompt, control).await;
     }
     let Some(prompt) = args.prompt.or(args.prompt_text) else {
         return Err(usage!(
@@ -194,7 +353,9 @@ pub async fn run(fleet: &Fleet, args: EnqueueArgs) -> anyhow::Result<ExitCode> {
     }
     fleet.agree().await?;
     let queues = fleet.entry_queues()?;
-    let task = NewTask::new(spec, args.idempotency_key, &fleet.pipeline);
+    let timing = args.control.timing();
+    let control = timing.resolve(redis_now(fleet, std::iter::once(timing)).await?);
+    let task = NewTask::with_control(spec, args.idempotency_key, &fleet.pipeline, control);
     let id = match queues[0]
         .enqueue_idempotent(&fleet.store, &task)
         .await
@@ -236,6 +397,7 @@ async fn push_to_parallel_roles(
             .map(|t| PushEntry {
                 entry: t.push.entry.clone(),
                 idempotency_key: None,
+                due_ms: t.push.due_ms,
             })
             .collect();
         queue.push_many(&entries).await.context("enqueue failed")?;
@@ -243,7 +405,12 @@ async fn push_to_parallel_roles(
     Ok(())
 }
 
-async fn load(fleet: &Fleet, count: u64, prompt: &str) -> anyhow::Result<ExitCode> {
+async fn load(
+    fleet: &Fleet,
+    count: u64,
+    prompt: &str,
+    control: TaskControl,
+) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let mut done = 0u64;
     let mut last_report = Instant::now();
@@ -252,13 +419,14 @@ async fn load(fleet: &Fleet, count: u64, prompt: &str) -> anyhow::Result<ExitCod
         let n = (count - done).min(8_000);
         let tasks: Vec<NewTask> = (0..n)
             .map(|_| {
-                NewTask::new(
+                NewTask::with_control(
                     TaskSpec {
                         prompt: prompt.to_owned(),
                         metadata: BTreeMap::new(),
                     },
                     None,
                     &fleet.pipeline,
+                    control,
                 )
             })
             .collect();

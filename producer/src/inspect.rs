@@ -39,6 +39,19 @@ fn print_record(r: &TaskRecord) {
     if let Some(p) = &r.pipeline {
         println!("pipeline  {p}");
     }
+    if !r.lane.is_normal() {
+        println!("priority  {}", r.lane);
+    }
+    if let Some(at) = r.deadline_ms {
+        println!("deadline  {}", moment(at));
+    }
+    if let Some(at) = r.not_before_ms {
+        println!("starts    {}", moment(at));
+    }
+    if let Some(why) = &r.stop_reason {
+        let when = r.stopped_at_ms.map(moment).unwrap_or_default();
+        println!("stopped   {when}: {why}");
+    }
     if let Some(e) = &r.last_error {
         println!("error     {e}");
     }
@@ -109,6 +122,11 @@ fn print_record(r: &TaskRecord) {
 /// The task's status, with where it is when it is in progress: waiting for a stage, a
 /// retry due, or running on a worker.
 fn describe_status(r: &TaskRecord) -> String {
+    if r.status == TaskStatus::Queued
+        && let Some(at) = r.not_before_ms.filter(|&at| at > agentfleet_job::now_ms())
+    {
+        return format!("queued (delayed: starts in {})", until(at));
+    }
     if r.status != TaskStatus::Running {
         return r.status.to_string();
     }
@@ -152,6 +170,16 @@ fn ordered_stages(r: &TaskRecord) -> Vec<(&str, &agentfleet_job::StageRecord)> {
     stages
 }
 
+/// `at_ms` as "in 3.2 s" or "4.1 s ago".
+fn moment(at_ms: u64) -> String {
+    let now = agentfleet_job::now_ms();
+    if at_ms >= now {
+        format!("in {:.1} s", (at_ms - now) as f64 / 1000.0)
+    } else {
+        format!("{:.1} s ago", (now - at_ms) as f64 / 1000.0)
+    }
+}
+
 /// "3.2 s" (or "now") from now to `at_ms`.
 fn until(at_ms: u64) -> String {
     let now = agentfleet_job::now_ms();
@@ -184,7 +212,8 @@ pub async fn wait(
                 let Some(record) = fleet.store.get(id).await? else {
                     return Err(not_found(id));
                 };
-                any_dead |= record.status == TaskStatus::Dead;
+                // Cancelled and expired tasks have no answer either: the same exit as dead.
+                any_dead |= record.status.is_failure();
                 if json {
                     println!("{}", serde_json::to_string(&record)?);
                 } else if record.status == TaskStatus::Done {
@@ -193,9 +222,14 @@ pub async fn wait(
                     }
                     println!("{}", record.answer.as_deref().unwrap_or_default());
                 } else {
+                    let reason = match record.status {
+                        TaskStatus::Dead => record.last_error.as_deref(),
+                        _ => record.stop_reason.as_deref(),
+                    };
                     println!(
-                        "== {id} is dead: {}",
-                        record.last_error.as_deref().unwrap_or("no reason recorded")
+                        "== {id} is {}: {}",
+                        record.status,
+                        reason.unwrap_or("no reason recorded")
                     );
                 }
             }
@@ -241,6 +275,11 @@ pub async fn queues(fleet: &Fleet, json: bool) -> anyhow::Result<ExitCode> {
                 serde_json::json!({
                     "role": role,
                     "pending": c.pending,
+                    "pending_by_lane": {
+                        "high": c.pending_high,
+                        "normal": c.pending_normal,
+                        "low": c.pending_low,
+                    },
                     "in_flight": c.in_flight,
                     "scheduled": c.scheduled,
                     "dead": c.dead,
@@ -275,6 +314,14 @@ pub async fn queues(fleet: &Fleet, json: bool) -> anyhow::Result<ExitCode> {
             c.succeeded,
             workers.len()
         );
+    }
+    for (role, c, _, _) in &rows {
+        if c.pending_high + c.pending_low > 0 {
+            println!(
+                "{role} pending by lane: high {}, normal {}, low {}",
+                c.pending_high, c.pending_normal, c.pending_low
+            );
+        }
     }
     for (role, _, workers, _) in &rows {
         if !workers.is_empty() {

@@ -1,6 +1,7 @@
 //! `agentfleet`: the producer CLI. Output is for people by default and JSON with `--json`.
 #![forbid(unsafe_code)]
 
+mod cancel;
 mod dlq;
 mod enqueue;
 mod inspect;
@@ -63,8 +64,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Block until tasks finish. Exit 0 when all are done, 1 if any is dead, 2 on timeout,
-    /// 3 if an id is unknown.
+    /// Stop tasks wherever they are: queued or scheduled jobs never run, a running
+    /// provider call is aborted within a second, nothing more is chained; the tasks end
+    /// `cancelled`. Finished tasks are left as they are (said per id).
+    Cancel(cancel::CancelArgs),
+    /// Block until tasks finish. Exit 0 when all are done, 1 if any is dead, cancelled or
+    /// expired, 2 on timeout, 3 if an id is unknown.
     Wait {
         #[arg(required = true)]
         ids: Vec<String>,
@@ -198,6 +203,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             inspect::wait(&fleet, &ids, timeout.map(Duration::from_secs), json).await
         }
         Command::Queues { json } => inspect::queues(&fleet, json).await,
+        Command::Cancel(args) => cancel::run(&fleet, args).await,
         Command::Dlq(cmd) => dlq::run(&fleet, cmd).await,
         Command::Pipeline { .. } => {
             println!("{}", fleet.pipeline);

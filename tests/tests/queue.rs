@@ -17,6 +17,7 @@ fn entry(id: usize) -> PushEntry {
     PushEntry {
         entry: Envelope::new(format!("job-{id}"), serde_json::json!({"n": id})).encode(),
         idempotency_key: None,
+        due_ms: None,
     }
 }
 

@@ -34,12 +34,13 @@ use report::print_table;
 use scenarios::Bench;
 
 /// Every scenario, in the order they run.
-pub(crate) const SCENARIOS: [&str; 10] = [
+pub(crate) const SCENARIOS: [&str; 11] = [
     "enqueue-single",
     "enqueue-bulk",
     "drain-noop-c1",
     "drain-noop-c50",
     "drain-noop-c50-1m",
+    "drain-noop-c50-lanes",
     "llm-bound-c500",
     "llm-bound-c5000",
     "chain-latency",

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use agentfleet_job::TaskSpec;
-use agentfleet_queue::{Namespace, NewTask, PushEntry, Queue, TaskStore};
+use agentfleet_job::{Lane, TaskSpec};
+use agentfleet_queue::{Namespace, NewTask, PushEntry, Queue, TaskControl, TaskStore};
 use agentfleet_testkit::{ScratchNamespace, find_bin, stop_process};
 use anyhow::{Context, bail};
 use redis::AsyncCommands;
@@ -244,13 +244,31 @@ pub(crate) fn new_task() -> NewTask {
     )
 }
 
-/// Bare reasoning entries (no records: the no-op drain never reads them), built and pushed
-/// 50,000 at a time so that a 1M backlog never sits in this process at once.
-pub(crate) async fn prefill_entries(queue: &Queue, n: u64) -> anyhow::Result<()> {
+/// Bare reasoning entries (no records: the no-op drain never reads them), spread evenly
+/// over `lanes`, built and pushed 50,000 at a time so that a 1M backlog never sits in this
+/// process at once.
+pub(crate) async fn prefill_entries(queue: &Queue, n: u64, lanes: &[Lane]) -> anyhow::Result<()> {
     let mut left = n;
     while left > 0 {
         let k = left.min(50_000);
-        let entries: Vec<PushEntry> = (0..k).map(|_| new_task().push).collect();
+        let entries: Vec<PushEntry> = (0..k)
+            .map(|i| {
+                let lane = lanes[i as usize % lanes.len()];
+                NewTask::with_control(
+                    TaskSpec {
+                        prompt: PROMPT.to_owned(),
+                        metadata: Default::default(),
+                    },
+                    None,
+                    &agentfleet_job::Pipeline::default(),
+                    TaskControl {
+                        lane,
+                        ..TaskControl::default()
+                    },
+                )
+                .push
+            })
+            .collect();
         queue.push_many(&entries).await.context("prefill failed")?;
         left -= k;
     }

@@ -1,6 +1,8 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::Lane;
+
 /// The envelope format this build writes and reads. An entry with another version is
 /// undecodable and is dead-lettered, never guessed at.
 pub const ENVELOPE_VERSION: u32 = 2;
@@ -15,6 +17,11 @@ pub const ENVELOPE_VERSION: u32 = 2;
 pub struct Envelope<A> {
     /// Deliveries so far, this one included once fetched.
     pub attempt: u32,
+    /// The priority lane, second on the wire so the scripts read it from the prefix
+    /// (`{"attempt":N,"lane":"high",`); absent for `normal`, so normal entries keep the
+    /// bytes they always had.
+    #[serde(default, skip_serializing_if = "Lane::is_normal")]
+    pub lane: Lane,
     pub v: u32,
     /// The job id, unique within its role's queue (agentfleet uses the task id).
     pub id: String,
@@ -39,6 +46,7 @@ impl<A: Serialize + DeserializeOwned> Envelope<A> {
     pub fn new(id: impl Into<String>, args: A) -> Self {
         Self {
             attempt: 0,
+            lane: Lane::Normal,
             v: ENVELOPE_VERSION,
             id: id.into(),
             enqueued_at_ms: crate::now_ms(),
@@ -46,6 +54,12 @@ impl<A: Serialize + DeserializeOwned> Envelope<A> {
             last_error: None,
             args,
         }
+    }
+
+    /// The same envelope in another lane.
+    pub fn in_lane(mut self, lane: Lane) -> Self {
+        self.lane = lane;
+        self
     }
 
     pub fn encode(&self) -> String {
@@ -87,6 +101,21 @@ mod tests {
     fn attempt_is_the_first_field_on_the_wire() {
         let entry = Envelope::new("01J", serde_json::json!({"x": 1})).encode();
         assert!(entry.starts_with("{\"attempt\":0,"), "{entry}");
+    }
+
+    #[test]
+    fn the_lane_follows_the_attempt_and_normal_is_absent() {
+        let normal = Envelope::new("01J", serde_json::json!({})).encode();
+        assert!(normal.starts_with("{\"attempt\":0,\"v\":"), "{normal}");
+        let high = Envelope::new("01J", serde_json::json!({}))
+            .in_lane(Lane::High)
+            .encode();
+        assert!(
+            high.starts_with("{\"attempt\":0,\"lane\":\"high\","),
+            "{high}"
+        );
+        let back = Envelope::<serde_json::Value>::decode(high.as_bytes()).unwrap();
+        assert_eq!(back.lane, Lane::High);
     }
 
     #[test]

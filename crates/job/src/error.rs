@@ -28,6 +28,13 @@ pub enum JobError {
     /// `budget` (replayable once the budget resets at UTC midnight or is raised).
     #[error("budget: {message}")]
     Budget { message: String },
+    /// Not a failure: the task was cancelled or its deadline passed (`status` says which,
+    /// already on the record), so the job ends here, acknowledged, and nothing chains.
+    #[error("{status}: {message}")]
+    Stopped {
+        status: crate::TaskStatus,
+        message: String,
+    },
     /// A guardrail rule whose action is `reject` failed (input, or output after its
     /// re-asks): dead-lettered at once with class `guardrail`.
     #[error("guardrail: {message}")]
@@ -55,6 +62,7 @@ impl JobError {
             Self::TooLarge { .. } => ErrorClass::TooLarge,
             Self::Deferred { .. } => ErrorClass::Deferred,
             Self::Budget { .. } => ErrorClass::Budget,
+            Self::Stopped { .. } => ErrorClass::Stopped,
             Self::Guardrail { .. } => ErrorClass::Guardrail,
         }
     }
@@ -65,6 +73,7 @@ impl JobError {
             | Self::Permanent { message }
             | Self::TooLarge { message }
             | Self::Budget { message }
+            | Self::Stopped { message, .. }
             | Self::Guardrail { message }
             | Self::Deferred {
                 reason: message, ..
@@ -79,7 +88,8 @@ impl JobError {
             Self::Permanent { .. }
             | Self::TooLarge { .. }
             | Self::Budget { .. }
-            | Self::Guardrail { .. } => None,
+            | Self::Stopped { .. } => None,
+            Self::Guardrail { .. } => None,
         }
     }
 }
@@ -102,6 +112,9 @@ pub enum ErrorClass {
     Budget,
     /// Waiting for capacity: never a dead letter's class, the job is rescheduled uncounted.
     Deferred,
+    /// The task was cancelled or expired: never a dead letter's class, the job is
+    /// acknowledged.
+    Stopped,
     /// A guardrail rule rejected its input or output, or a person rejected it in review.
     Guardrail,
 }
@@ -116,6 +129,7 @@ impl fmt::Display for ErrorClass {
             Self::TooLarge => "too_large",
             Self::Budget => "budget",
             Self::Deferred => "deferred",
+            Self::Stopped => "stopped",
             Self::Guardrail => "guardrail",
         })
     }

@@ -8,6 +8,7 @@
 mod envelope;
 mod error;
 pub mod exit;
+mod lane;
 mod limits;
 mod pipeline;
 mod record;
@@ -17,6 +18,7 @@ mod trace;
 
 pub use envelope::{DecodeError, ENVELOPE_VERSION, Envelope, peek_id};
 pub use error::{ErrorClass, JobError};
+pub use lane::{Lane, LaneShares};
 pub use limits::{LimitError, Limits};
 pub use pipeline::{DEFAULT_PIPELINE, Pipeline, PipelineError};
 pub use record::{StageRecord, StageState, TaskRecord, TaskStatus, TokenUsage};

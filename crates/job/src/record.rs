@@ -13,6 +13,10 @@ pub enum TaskStatus {
     Running,
     Done,
     Dead,
+    /// Stopped by `agentfleet cancel`: nothing more of it runs.
+    Cancelled,
+    /// Its deadline passed before it was done: nothing more of it runs.
+    Expired,
     /// Parked by a guardrail whose action is `review`: holds no worker slot until a person
     /// approves (the task resumes where it stopped) or rejects it (it is dead-lettered).
     Review,
@@ -25,13 +29,23 @@ impl TaskStatus {
             Self::Running => "running",
             Self::Done => "done",
             Self::Dead => "dead",
+            Self::Cancelled => "cancelled",
+            Self::Expired => "expired",
             Self::Review => "review",
         }
     }
 
     /// No worker will change a task in this state again (until a dead letter is replayed).
     pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Done | Self::Dead)
+        matches!(
+            self,
+            Self::Done | Self::Dead | Self::Cancelled | Self::Expired
+        )
+    }
+
+    /// Terminal without an answer: what `wait` exits 1 on.
+    pub fn is_failure(self) -> bool {
+        matches!(self, Self::Dead | Self::Cancelled | Self::Expired)
     }
 }
 
@@ -49,6 +63,8 @@ impl FromStr for TaskStatus {
             "running" => Self::Running,
             "done" => Self::Done,
             "dead" => Self::Dead,
+            "cancelled" => Self::Cancelled,
+            "expired" => Self::Expired,
             "review" => Self::Review,
             other => return Err(format!("unknown task status {other:?}")),
         })
@@ -175,6 +191,20 @@ pub struct TaskRecord {
     /// Why the task is dead, when it is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// The priority lane its jobs wait in.
+    #[serde(default)]
+    pub lane: crate::Lane,
+    /// When the task stops being worth doing (ms, compared on Redis's clock).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
+    /// When a delayed task's first job is due (ms, Redis's clock).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_before_ms: Option<u64>,
+    /// When the task was cancelled or expired, and why (who asked, or the deadline).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped_at_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<String>,
     /// Per role of the pipeline.
     #[serde(default)]
     pub stages: BTreeMap<String, StageRecord>,

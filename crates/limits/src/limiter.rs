@@ -80,7 +80,13 @@ fn ms(d: Duration) -> u64 {
 }
 
 impl Limiter {
-    pub async fn reserve(&self, job: &str, tokens: u64) -> redis::RedisResult<Reservation> {
+    /// `high`: the job is in the high lane (it goes before waiting jobs of other lanes).
+    pub async fn reserve(
+        &self,
+        job: &str,
+        tokens: u64,
+        high: bool,
+    ) -> redis::RedisResult<Reservation> {
         let p = &self.pacing;
         let (code, wait, note): (i64, i64, String) = SCRIPTS
             .reserve
@@ -88,6 +94,7 @@ impl Limiter {
             .key(self.keys.leases())
             .key(self.keys.lease_expiry())
             .key(self.keys.bookings())
+            .key(self.keys.high_waiting())
             .arg(&self.worker_id)
             .arg(job)
             .arg(p.req_ms)
@@ -99,6 +106,7 @@ impl Limiter {
             .arg(p.threshold)
             .arg(ms(p.probe_every))
             .arg(ms(p.probe_lease))
+            .arg(if high { "1" } else { "0" })
             .invoke_async(&mut self.conn.clone())
             .await?;
         let wait = Duration::from_millis(u64::try_from(wait).unwrap_or(0));

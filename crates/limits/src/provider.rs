@@ -449,7 +449,14 @@ impl LimitedProvider {
         let started = Instant::now();
         let max_wait = limiter.pacing.max_wait;
         let probe = loop {
-            let reserved = match limiter.reserve(&booking, estimated).await {
+            let reserved = match limiter
+                .reserve(
+                    &booking,
+                    estimated,
+                    scope.lane == agentfleet_job::Lane::High,
+                )
+                .await
+            {
                 Ok(r) => r,
                 Err(e) => {
                     release_budget(0.0).await;

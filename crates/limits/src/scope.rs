@@ -15,6 +15,8 @@ pub struct JobScope {
     pub task_id: Option<String>,
     /// The task's `tenant` metadata, when the job carries it.
     pub tenant: Option<String>,
+    /// The job's priority lane: a high job waiting for a limit goes before the others.
+    pub lane: agentfleet_job::Lane,
 }
 
 impl JobScope {
@@ -27,6 +29,8 @@ impl JobScope {
             id: Option<String>,
             #[serde(default)]
             args: Option<Args>,
+            #[serde(default)]
+            lane: agentfleet_job::Lane,
         }
         #[derive(serde::Deserialize)]
         struct Args {
@@ -35,6 +39,7 @@ impl JobScope {
         }
         match serde_json::from_slice::<Entry>(raw) {
             Ok(e) => Self {
+                lane: e.lane,
                 task_id: e.id,
                 tenant: e
                     .args

@@ -57,6 +57,12 @@ impl Namespace {
         format!("{}:task:{task_id}", self.0)
     }
 
+    /// STRING counting the fleet's cancellations: workers poll it (one GET) and look at the
+    /// tasks they are running only when it moves.
+    pub fn cancel_seq(&self) -> String {
+        format!("{}:cancel:seq", self.0)
+    }
+
     /// STRING: the fleet's pipeline, recorded by its first producer or worker.
     pub fn pipeline(&self) -> String {
         format!("{}:pipeline", self.0)
@@ -136,9 +142,27 @@ pub struct QueueKeys {
 }
 
 impl QueueKeys {
-    /// LIST of entries waiting to run: pushed on the left, taken from the right.
+    /// LIST of `normal` entries waiting to run: pushed on the left, taken from the right.
     pub fn pending(&self) -> String {
         format!("{}:pending", self.prefix)
+    }
+    /// LIST of one lane's entries waiting to run (`normal` is [`QueueKeys::pending`], the
+    /// name it always had; `high` and `low` add a suffix).
+    pub fn pending_lane(&self, lane: agentfleet_job::Lane) -> String {
+        match lane {
+            agentfleet_job::Lane::Normal => self.pending(),
+            other => format!("{}:pending:{other}", self.prefix),
+        }
+    }
+    /// LIST of wake-up tokens: every push adds up to 64, an idle worker's blocking wait
+    /// takes one and then fetches from every lane; a fetch that finds nothing clears it.
+    pub fn wake(&self) -> String {
+        format!("{}:wake", self.prefix)
+    }
+    /// HASH of lane bookkeeping: `turn`, the fetch counter that spreads the lower lanes'
+    /// guaranteed shares evenly over the fleet's fetches.
+    pub fn lanes(&self) -> String {
+        format!("{}:lanes", self.prefix)
     }
     /// ZSET of entries waiting for a retry, scored by when they are due (ms).
     pub fn scheduled(&self) -> String {
@@ -205,6 +229,11 @@ impl LimitKeys {
     pub fn bookings(&self) -> String {
         format!("{}:bookings", self.prefix)
     }
+    /// ZSET of high-lane jobs waiting for this limit → until when (ms): while one waits,
+    /// other lanes' jobs wait too, so the next slot goes to it.
+    pub fn high_waiting(&self) -> String {
+        format!("{}:waiting:high", self.prefix)
+    }
     /// HASH of the last 60 seconds' use: `sec % 60` → `sec:requests:tokens`.
     pub fn usage(&self) -> String {
         format!("{}:usage", self.prefix)
@@ -251,6 +280,10 @@ mod tests {
             .unwrap();
         for key in [
             keys.pending(),
+            keys.pending_lane(agentfleet_job::Lane::High),
+            keys.pending_lane(agentfleet_job::Lane::Low),
+            keys.wake(),
+            keys.lanes(),
             keys.scheduled(),
             keys.workers(),
             keys.inflight("w1"),
@@ -274,6 +307,7 @@ mod tests {
             l.leases(),
             l.lease_expiry(),
             l.bookings(),
+            l.high_waiting(),
             l.usage(),
         ] {
             assert!(

@@ -34,7 +34,8 @@ pub use fleet::{
 };
 pub use keys::{BudgetKeys, InvalidName, LimitKeys, Namespace, QueueKeys};
 pub use queue::{
-    Enqueued, Fetched, NewTask, PushEntry, Queue, QueueCounts, RecoveryReport, unreadable_id,
+    Enqueued, Fetched, NewTask, PushEntry, Queue, QueueCounts, RecoveryReport, TaskControl,
+    lane_of, unreadable_id,
 };
 pub use review::{ParkedTask, ReviewCounts, ReviewWrite};
-pub use store::{Finished, StageData, StageFinish, StageStart, Started, TaskStore};
+pub use store::{Finished, StageData, StageFinish, StageStart, Started, Stopped, TaskStore};

@@ -17,10 +17,13 @@ const MAINTENANCE_CHUNK: usize = 1_000;
 /// One entry to push, with an optional idempotency key: a push that is retried (say after
 /// a response timeout whose request did commit) never enqueues the entry twice while the
 /// key lives.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct PushEntry {
     pub entry: String,
     pub idempotency_key: Option<String>,
+    /// When it becomes due (ms, Redis's clock): until then it waits in the scheduled set.
+    /// `None` runs it as soon as a worker is free.
+    pub due_ms: Option<u64>,
 }
 
 /// A task to create: its record fields and its first job.
@@ -33,7 +36,20 @@ pub struct NewTask {
     pub pipeline: String,
     pub created_at_ms: u64,
     pub traceparent: Option<String>,
+    pub control: TaskControl,
     pub push: PushEntry,
+}
+
+/// When and how urgently a task runs: its lane, its deadline, its start time. Absolute
+/// times are Redis's clock (ms): [`Queue::redis_time_ms`] turns a relative `--delay` or
+/// `--deadline` into one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TaskControl {
+    pub lane: agentfleet_job::Lane,
+    /// Past it, nothing more of the task runs and it ends `expired`.
+    pub deadline_ms: Option<u64>,
+    /// The first job waits in the scheduled set until then.
+    pub not_before_ms: Option<u64>,
 }
 
 impl NewTask {
@@ -44,6 +60,16 @@ impl NewTask {
         spec: agentfleet_job::TaskSpec,
         idempotency_key: Option<String>,
         pipeline: &agentfleet_job::Pipeline,
+    ) -> Self {
+        Self::with_control(spec, idempotency_key, pipeline, TaskControl::default())
+    }
+
+    /// [`NewTask::new`] in a lane, with a deadline or a start time.
+    pub fn with_control(
+        spec: agentfleet_job::TaskSpec,
+        idempotency_key: Option<String>,
+        pipeline: &agentfleet_job::Pipeline,
+        control: TaskControl,
     ) -> Self {
         use agentfleet_job::{Envelope, StageJob, TaskId, TraceContext, now_ms};
         let task_id = TaskId::new();
@@ -58,6 +84,7 @@ impl NewTask {
                 trace: Some(trace),
             },
         )
+        .in_lane(control.lane)
         .encode();
         Self {
             task_id: task_id.to_string(),
@@ -66,9 +93,11 @@ impl NewTask {
             pipeline: pipeline.to_string(),
             created_at_ms,
             traceparent: Some(traceparent),
+            control,
             push: PushEntry {
                 entry,
                 idempotency_key,
+                due_ms: control.not_before_ms,
             },
         }
     }
@@ -80,7 +109,12 @@ pub type Fetched = Vec<Vec<u8>>;
 /// Sizes of one role's queue, each read in O(1) (in flight: O(live workers)).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct QueueCounts {
+    /// Entries waiting in every lane.
     pub pending: u64,
+    /// Of which in each lane.
+    pub pending_high: u64,
+    pub pending_normal: u64,
+    pub pending_low: u64,
     pub in_flight: u64,
     pub scheduled: u64,
     pub dead: u64,
@@ -111,6 +145,7 @@ pub struct Queue {
     keys: QueueKeys,
     role: String,
     idempotency_ttl: Duration,
+    shares: agentfleet_job::LaneShares,
 }
 
 impl Queue {
@@ -124,7 +159,33 @@ impl Queue {
             conn,
             role: role.to_owned(),
             idempotency_ttl: IDEMPOTENCY_TTL,
+            shares: agentfleet_job::LaneShares::default(),
         })
+    }
+
+    /// The shares of its fetches this worker guarantees the lower lanes.
+    pub fn with_lane_shares(mut self, shares: agentfleet_job::LaneShares) -> Self {
+        self.shares = shares;
+        self
+    }
+
+    /// The lane lists and the wake list, in the order every lane-aware script takes them.
+    fn lane_keys(&self) -> [String; 4] {
+        use agentfleet_job::Lane;
+        [
+            self.keys.pending_lane(Lane::High),
+            self.keys.pending_lane(Lane::Normal),
+            self.keys.pending_lane(Lane::Low),
+            self.keys.wake(),
+        ]
+    }
+
+    /// Redis's clock (ms): the one every absolute time in a queue is compared on.
+    pub async fn redis_time_ms(&self) -> Result<u64, QueueError> {
+        let (secs, micros): (u64, u64) = redis::cmd("TIME")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(secs * 1000 + micros / 1000)
     }
 
     /// How long an idempotency key keeps a second push away (default 24 h). Workers tie it
@@ -193,6 +254,7 @@ impl Queue {
                     &t.pipeline,
                     t.created_at_ms,
                     t.traceparent.as_deref(),
+                    &t.control,
                 );
             }
             let entries: Vec<PushEntry> = chunk.iter().map(|t| t.push.clone()).collect();
@@ -261,11 +323,31 @@ impl Queue {
         ttl: Duration,
     ) -> Option<u64> {
         if !guarded {
-            pipe.lpush(
-                self.keys.pending(),
-                chunk.iter().map(|e| e.entry.as_str()).collect::<Vec<_>>(),
-            )
-            .ignore();
+            let mut by_lane: [Vec<&str>; 3] = Default::default();
+            for e in chunk {
+                match e.due_ms {
+                    Some(due) => {
+                        pipe.zadd(self.keys.scheduled(), e.entry.as_str(), due)
+                            .ignore();
+                    }
+                    None => by_lane[lane_index(lane_of(&e.entry))].push(e.entry.as_str()),
+                }
+            }
+            let lane_keys = self.lane_keys();
+            let mut ready = 0;
+            for (entries, key) in by_lane.iter().zip(&lane_keys) {
+                if !entries.is_empty() {
+                    pipe.lpush(key, entries).ignore();
+                    ready += entries.len();
+                }
+            }
+            // Wake idle workers after the entries are there (as wake() in the scripts).
+            if ready > 0 {
+                pipe.lpush(&lane_keys[3], vec!["1"; ready.min(64)])
+                    .ignore()
+                    .ltrim(&lane_keys[3], 0, 63)
+                    .ignore();
+            }
             return Some(chunk.len() as u64);
         }
         pipe.add_command(self.push_invocation(chunk, ttl));
@@ -281,8 +363,9 @@ impl Queue {
         let unguarded = chunk.iter().filter(|e| e.idempotency_key.is_none());
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(SCRIPTS.push.get_hash())
-            .arg(1 + guarded.len())
-            .arg(self.keys.pending());
+            .arg(5 + guarded.len())
+            .arg(&self.lane_keys()[..])
+            .arg(self.keys.scheduled());
         for e in &guarded {
             cmd.arg(
                 self.keys
@@ -295,7 +378,7 @@ impl Queue {
         }
         guarded.extend(unguarded);
         for e in guarded {
-            cmd.arg(&e.entry);
+            cmd.arg(e.due_ms.unwrap_or(0)).arg(&e.entry);
         }
         cmd
     }
@@ -305,7 +388,8 @@ impl Queue {
             .iter()
             .filter(|e| e.idempotency_key.is_some())
             .collect();
-        let mut inv = SCRIPTS.push.key(self.keys.pending());
+        let mut inv = SCRIPTS.push.key(&self.lane_keys()[..]);
+        inv.key(self.keys.scheduled());
         for e in &guarded {
             inv.key(
                 self.keys
@@ -318,7 +402,7 @@ impl Queue {
         }
         guarded.extend(chunk.iter().filter(|e| e.idempotency_key.is_none()));
         for e in guarded {
-            inv.arg(&e.entry);
+            inv.arg(e.due_ms.unwrap_or(0)).arg(&e.entry);
         }
         Ok(inv.invoke_async(&mut self.conn.clone()).await?)
     }
@@ -328,12 +412,15 @@ impl Queue {
         let max = max.clamp(1, MAX_FETCH);
         Ok(SCRIPTS
             .fetch
-            .key(self.keys.pending())
+            .key(&self.lane_keys()[..])
             .key(self.keys.inflight(worker_id))
             .key(self.keys.claim(worker_id))
             .key(self.keys.workers())
+            .key(self.keys.lanes())
             .arg(worker_id)
             .arg(max)
+            .arg(self.shares.normal)
+            .arg(self.shares.low)
             .invoke_async(&mut self.conn.clone())
             .await?)
     }
@@ -355,7 +442,7 @@ impl Queue {
         let mut released = 0;
         for chunk in entries.chunks(MAX_FETCH) {
             let mut inv = SCRIPTS.release.key(self.keys.inflight(worker_id));
-            inv.key(self.keys.pending());
+            inv.key(&self.lane_keys()[..]);
             for e in chunk {
                 inv.arg(e.as_slice());
             }
@@ -364,25 +451,19 @@ impl Queue {
         Ok(released)
     }
 
-    /// Waits up to `timeout` for one entry to arrive, parking it in the worker's claim
-    /// list (crash-safe: recovery looks there too); the next [`Queue::fetch`] hands it out.
-    /// Must run on a connection of its own: a blocking command stalls its connection.
+    /// Waits up to `timeout` for a push into any lane: takes one wake-up token (every push
+    /// leaves up to 64), after which [`Queue::fetch`] finds the work. No entry moves here,
+    /// so a lost reply loses nothing but a token. Must run on a connection of its own: a
+    /// blocking command stalls its connection.
     pub async fn wait_for_entry(
         &self,
         blocking_conn: &mut ConnectionManager,
-        worker_id: &str,
         timeout: Duration,
     ) -> Result<bool, QueueError> {
-        let moved: Option<Vec<u8>> = blocking_conn
-            .blmove(
-                self.keys.pending(),
-                self.keys.claim(worker_id),
-                redis::Direction::Right,
-                redis::Direction::Left,
-                timeout.as_secs_f64(),
-            )
+        let token: Option<(String, String)> = blocking_conn
+            .blpop(self.keys.wake(), timeout.as_secs_f64())
             .await?;
-        Ok(moved.is_some())
+        Ok(token.is_some())
     }
 
     /// Finishes entries that succeeded. Returns how many this worker still held.
@@ -548,7 +629,7 @@ impl Queue {
             .key(self.keys.workers())
             .key(self.keys.inflight(worker))
             .key(self.keys.claim(worker))
-            .key(self.keys.pending())
+            .key(&self.lane_keys()[..])
             .key(self.keys.dead())
             .key(self.keys.dead_index())
             .key(self.keys.stats())
@@ -579,8 +660,8 @@ impl Queue {
             .handback
             .key(self.keys.inflight(worker_id))
             .key(self.keys.claim(worker_id))
-            .key(self.keys.pending())
             .key(self.keys.workers())
+            .key(&self.lane_keys()[..])
             .arg(worker_id)
             .invoke_async(&mut self.conn.clone())
             .await?)
@@ -592,7 +673,7 @@ impl Queue {
         let (moved, wait_ms): (u64, i64) = SCRIPTS
             .promote
             .key(self.keys.scheduled())
-            .key(self.keys.pending())
+            .key(&self.lane_keys()[..])
             .arg(MAINTENANCE_CHUNK)
             .invoke_async(&mut self.conn.clone())
             .await?;
@@ -617,23 +698,44 @@ impl Queue {
     /// Reads every count in one round trip.
     pub async fn counts(&self, lease: Duration) -> Result<QueueCounts, QueueError> {
         let mut conn = self.conn.clone();
+        let lanes = self.lane_keys();
         #[allow(clippy::type_complexity)]
-        let ((secs, micros), pending, scheduled, dead, stats, workers, oldest): (
+        let (
+            (secs, micros),
+            high,
+            normal,
+            low,
+            scheduled,
+            dead,
+            stats,
+            workers,
+            oldest_high,
+            oldest_normal,
+            oldest_low,
+        ): (
             (u64, u64),
+            u64,
+            u64,
             u64,
             u64,
             u64,
             std::collections::HashMap<String, u64>,
             Vec<(String, f64)>,
             Option<Vec<u8>>,
+            Option<Vec<u8>>,
+            Option<Vec<u8>>,
         ) = redis::pipe()
             .cmd("TIME")
-            .llen(self.keys.pending())
+            .llen(&lanes[0])
+            .llen(&lanes[1])
+            .llen(&lanes[2])
             .zcard(self.keys.scheduled())
             .hlen(self.keys.dead())
             .hgetall(self.keys.stats())
             .zrange_withscores(self.keys.workers(), 0, -1)
-            .lindex(self.keys.pending(), -1)
+            .lindex(&lanes[0], -1)
+            .lindex(&lanes[1], -1)
+            .lindex(&lanes[2], -1)
             .query_async(&mut conn)
             .await?;
         let mut in_flight = 0;
@@ -649,17 +751,24 @@ impl Queue {
         // Liveness is judged by Redis's clock, as recovery judges it.
         let redis_now = secs * 1000 + micros / 1000;
         let live_since = redis_now.saturating_sub(lease.as_millis() as u64);
-        let oldest_pending_age_ms = oldest.and_then(|raw| {
-            #[derive(serde::Deserialize)]
-            struct Enqueued {
-                enqueued_at_ms: u64,
-            }
-            serde_json::from_slice::<Enqueued>(&raw)
-                .ok()
-                .map(|e| redis_now.saturating_sub(e.enqueued_at_ms))
-        });
+        let oldest_pending_age_ms = [oldest_high, oldest_normal, oldest_low]
+            .into_iter()
+            .flatten()
+            .filter_map(|raw| {
+                #[derive(serde::Deserialize)]
+                struct Enqueued {
+                    enqueued_at_ms: u64,
+                }
+                serde_json::from_slice::<Enqueued>(&raw)
+                    .ok()
+                    .map(|e| redis_now.saturating_sub(e.enqueued_at_ms))
+            })
+            .max();
         Ok(QueueCounts {
-            pending,
+            pending: high + normal + low,
+            pending_high: high,
+            pending_normal: normal,
+            pending_low: low,
             in_flight,
             scheduled,
             dead,
@@ -731,7 +840,7 @@ impl Queue {
         let mut replayed = Vec::new();
         for chunk in entries.chunks(500) {
             let mut inv = SCRIPTS.replay.key(self.keys.dead());
-            inv.key(self.keys.dead_index()).key(self.keys.pending());
+            inv.key(self.keys.dead_index()).key(&self.lane_keys()[..]);
             for (id, entry) in chunk {
                 inv.arg(id).arg(entry);
             }
@@ -806,6 +915,28 @@ fn entry_id(entry: &str) -> String {
         .unwrap_or_else(|_| "1".to_owned())
 }
 
+/// The lane of an entry, read as the scripts read it (`lane_of` in the prelude): the
+/// `"lane":"…"` right after the attempt prefix, else normal.
+pub fn lane_of(entry: &str) -> agentfleet_job::Lane {
+    use agentfleet_job::Lane;
+    let rest = entry
+        .strip_prefix("{\"attempt\":")
+        .map(|r| r.trim_start_matches(|c: char| c.is_ascii_digit()));
+    match rest {
+        Some(r) if r.starts_with(",\"lane\":\"high\"") => Lane::High,
+        Some(r) if r.starts_with(",\"lane\":\"low\"") => Lane::Low,
+        _ => Lane::Normal,
+    }
+}
+
+fn lane_index(lane: agentfleet_job::Lane) -> usize {
+    match lane {
+        agentfleet_job::Lane::High => 0,
+        agentfleet_job::Lane::Normal => 1,
+        agentfleet_job::Lane::Low => 2,
+    }
+}
+
 /// Default lifetime of an idempotency key: long enough to cover any retry of a push (client
 /// retries, crash-recovered re-runs of the job that pushed), short enough that keys do not
 /// pile up.
@@ -819,6 +950,18 @@ pub fn unreadable_id(raw: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn lanes_are_read_from_the_entry_prefix() {
+        use agentfleet_job::{Envelope, Lane};
+        for lane in Lane::ALL {
+            let entry = Envelope::new("x", serde_json::json!({"a": "\"lane\":\"high\""}))
+                .in_lane(lane)
+                .encode();
+            assert_eq!(super::lane_of(&entry), lane, "{entry}");
+        }
+        assert_eq!(super::lane_of("garbage"), Lane::Normal);
+    }
+
     #[test]
     fn unreadable_ids_are_the_sha1_redis_computes() {
         // redis-cli EVAL "return redis.sha1hex(ARGV[1])" 0 'not json'

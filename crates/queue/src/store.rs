@@ -46,6 +46,9 @@ pub enum Started {
 /// The task as a stage sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StageData {
+    /// Time left until the task's deadline (by Redis's clock when the stage started), if
+    /// it has one: the stage is aborted when it runs out.
+    pub deadline_in: Option<Duration>,
     pub prompt: String,
     pub metadata: BTreeMap<String, String>,
     /// This role's output, if an earlier attempt stored it (a re-run reuses it).
@@ -68,6 +71,15 @@ pub struct StageFinish<'a> {
     pub provider: &'a str,
     pub model: &'a str,
     pub usage: TokenUsage,
+}
+
+/// What stopping a task did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Stopped now, with this status.
+    Now(TaskStatus),
+    /// It had already ended with this status; nothing changed.
+    Already(TaskStatus),
 }
 
 /// What storing a stage's output did.
@@ -117,6 +129,7 @@ impl TaskStore {
         pipeline: &str,
         created_at_ms: u64,
         traceparent: Option<&str>,
+        control: &crate::TaskControl,
     ) {
         let key = self.namespace.task(task_id);
         let mut fields: Vec<(&str, String)> = vec![
@@ -136,6 +149,15 @@ impl TaskStore {
         if let Some(tp) = traceparent {
             fields.push(("traceparent", tp.to_owned()));
         }
+        if !control.lane.is_normal() {
+            fields.push(("lane", control.lane.as_str().to_owned()));
+        }
+        if let Some(deadline) = control.deadline_ms {
+            fields.push(("deadline_ms", deadline.to_string()));
+        }
+        if let Some(due) = control.not_before_ms {
+            fields.push(("not_before_ms", due.to_string()));
+        }
         pipe.hset_multiple(&key, &fields).ignore();
         pipe.pexpire(&key, self.ttl.as_millis() as i64).ignore();
     }
@@ -153,7 +175,8 @@ impl TaskStore {
             .arg(start.attempt)
             .arg(start.worker_id)
             .arg(now_ms())
-            .arg(start.stage);
+            .arg(start.stage)
+            .arg(self.ttl.as_millis() as u64);
         for role in start.inputs {
             inv.arg(role);
         }
@@ -171,7 +194,7 @@ impl TaskStore {
         if status == TaskStatus::Review && values.len() == 1 {
             return Ok(Started::Parked);
         }
-        values.resize(5 + start.inputs.len(), None);
+        values.resize(6 + start.inputs.len(), None);
         let mut values = values.into_iter().skip(2);
         let prompt = values.next().flatten().unwrap_or_default();
         let metadata = values
@@ -180,6 +203,11 @@ impl TaskStore {
             .and_then(|m| serde_json::from_str::<BTreeMap<String, String>>(&m).ok())
             .unwrap_or_default();
         let own_output = values.next().flatten();
+        let deadline_in = values
+            .next()
+            .flatten()
+            .and_then(|ms| ms.parse::<u64>().ok())
+            .map(Duration::from_millis);
         let inputs = start
             .inputs
             .iter()
@@ -187,6 +215,7 @@ impl TaskStore {
             .filter_map(|(role, output)| Some((role.clone(), output?)))
             .collect();
         Ok(Started::Ready(StageData {
+            deadline_in,
             prompt,
             metadata,
             own_output,
@@ -278,6 +307,135 @@ impl TaskStore {
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(noted == 1)
+    }
+
+    /// Stops a task that has not ended: `Cancelled` or `Expired` (any other status is
+    /// refused). Returns what the task is now: the new status, or the terminal status it
+    /// already had (unchanged); `None` for an unknown task.
+    pub async fn stop(
+        &self,
+        task_id: &str,
+        status: TaskStatus,
+        reason: &str,
+    ) -> Result<Option<Stopped>, QueueError> {
+        let outcome = self
+            .stop_many(&[task_id.to_owned()], status, reason)
+            .await?;
+        Ok(outcome.into_iter().next().flatten())
+    }
+
+    /// [`TaskStore::stop`] for many tasks, pipelined; then, when any was stopped, moves
+    /// the fleet's cancellation counter so that workers running them look (within their
+    /// poll interval) and abort their calls.
+    pub async fn stop_many(
+        &self,
+        task_ids: &[String],
+        status: TaskStatus,
+        reason: &str,
+    ) -> Result<Vec<Option<Stopped>>, QueueError> {
+        assert!(
+            matches!(status, TaskStatus::Cancelled | TaskStatus::Expired),
+            "only cancelled and expired stop a task"
+        );
+        let mut out = Vec::with_capacity(task_ids.len());
+        let mut conn = self.conn.clone();
+        for chunk in task_ids.chunks(1_000) {
+            let mut pipe = redis::pipe();
+            for id in chunk {
+                pipe.invoke_script(
+                    SCRIPTS
+                        .record_stop
+                        .key(self.namespace.task(id))
+                        .arg(status.as_str())
+                        .arg(reason)
+                        .arg(self.ttl.as_millis() as u64),
+                );
+            }
+            let replies: Vec<String> = match pipe.query_async(&mut conn).await {
+                Ok(r) => r,
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    SCRIPTS.record_stop.load_async(&mut conn).await?;
+                    pipe.query_async(&mut conn).await?
+                }
+                Err(e) => return Err(e.into()),
+            };
+            for (id, reply) in chunk.iter().zip(replies) {
+                out.push(match reply.as_str() {
+                    "gone" => None,
+                    other => {
+                        let now: TaskStatus =
+                            other.parse().map_err(|reason| QueueError::Corrupt {
+                                key: self.namespace.task(id),
+                                reason,
+                            })?;
+                        Some(if now == status {
+                            Stopped::Now(now)
+                        } else {
+                            Stopped::Already(now)
+                        })
+                    }
+                });
+            }
+        }
+        if out.iter().any(|o| matches!(o, Some(Stopped::Now(_)))) {
+            let _: i64 = conn.incr(self.namespace.cancel_seq(), 1).await?;
+        }
+        Ok(out)
+    }
+
+    /// Ids of the namespace's tasks whose metadata has every `KEY=VALUE` of `wanted`, read
+    /// by scanning the task records (SCAN, then their metadata pipelined 1,000 at a time).
+    pub async fn find_by_metadata(
+        &self,
+        wanted: &[(String, String)],
+    ) -> Result<Vec<String>, QueueError> {
+        let mut conn = self.conn.clone();
+        let prefix = self.namespace.task("");
+        let mut found = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(self.namespace.task_pattern())
+                .arg("COUNT")
+                .arg(1_000)
+                .query_async(&mut conn)
+                .await?;
+            if !keys.is_empty() {
+                let mut pipe = redis::pipe();
+                for key in &keys {
+                    pipe.hget(key, "metadata");
+                }
+                let metas: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
+                for (key, meta) in keys.iter().zip(metas) {
+                    let Some(meta) = meta
+                        .and_then(|m| serde_json::from_str::<BTreeMap<String, String>>(&m).ok())
+                    else {
+                        continue;
+                    };
+                    if wanted
+                        .iter()
+                        .all(|(k, v)| meta.get(k).is_some_and(|m| m == v))
+                        && let Some(id) = key.strip_prefix(&prefix)
+                    {
+                        found.push(id.to_owned());
+                    }
+                }
+            }
+            cursor = next;
+            if cursor == 0 {
+                return Ok(found);
+            }
+        }
+    }
+
+    /// The fleet's cancellation counter (0 before the first cancel).
+    pub async fn cancel_seq(&self) -> Result<u64, QueueError> {
+        let seq: Option<u64> = self.conn.clone().get(self.namespace.cancel_seq()).await?;
+        Ok(seq.unwrap_or(0))
     }
 
     /// Shows a dead task as waiting again for `role` (its dead letter is being replayed).
@@ -399,6 +557,14 @@ fn parse_record(task_id: &str, mut f: HashMap<String, String>) -> Result<TaskRec
         traceparent: f.remove("traceparent"),
         answer,
         last_error: f.remove("last_error"),
+        lane: f
+            .get("lane")
+            .and_then(|l| l.parse().ok())
+            .unwrap_or_default(),
+        deadline_ms: num(&f, "deadline_ms"),
+        not_before_ms: num(&f, "not_before_ms"),
+        stopped_at_ms: num(&f, "stopped_at_ms"),
+        stop_reason: f.remove("stop_reason"),
         stages,
         reviews: f
             .get("reviews")

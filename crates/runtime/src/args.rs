@@ -25,6 +25,11 @@ pub struct WorkerArgs {
     #[arg(long, env = "AGENTFLEET_CONCURRENCY", default_value_t = 50)]
     pub concurrency: usize,
 
+    /// Shares of this role's work guaranteed to the lower priority lanes while they have
+    /// tasks waiting, in percent (`high` takes the rest first): `normal=10,low=5`.
+    #[arg(long, env = "AGENTFLEET_LANE_SHARES", default_value_t = agentfleet_job::LaneShares::default(), value_name = "normal=PCT,low=PCT")]
+    pub lane_shares: agentfleet_job::LaneShares,
+
     /// Name this worker reports (a random suffix is appended to make its id unique);
     /// default: the host name (in Kubernetes, set it to the pod name).
     #[arg(long, env = "AGENTFLEET_WORKER_NAME")]

@@ -3,7 +3,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use agentfleet_job::{
-    Envelope, JobError, LimitError, Limits, Pipeline, StageJob, TokenUsage, TraceContext, now_ms,
+    Envelope, JobError, LimitError, Limits, Pipeline, StageJob, TaskStatus, TokenUsage,
+    TraceContext, now_ms,
 };
 use agentfleet_providers::{CompletionRequest, Provider, ProviderError};
 use agentfleet_queue::{
@@ -133,6 +134,8 @@ pub struct RoleContext {
     pub pipeline: Arc<Pipeline>,
     pub stage: usize,
     pub(crate) conn: ConnectionManager,
+    /// The tasks this worker is running a stage of, so a cancel can abort them.
+    pub(crate) running: Arc<crate::control::RunningTasks>,
     /// This role's guardrails, when the guardrails file has rules for it.
     pub(crate) guard: Option<crate::guard::StageGuard>,
 }
@@ -262,6 +265,16 @@ impl RoleContext {
                 ))
                 .into());
             }
+            Started::Finished(status @ (TaskStatus::Cancelled | TaskStatus::Expired)) => {
+                return Err(JobError::Stopped {
+                    status,
+                    message: format!(
+                        "task {status} before the {} stage started; not run",
+                        self.role
+                    ),
+                }
+                .into());
+            }
             Started::Finished(status) => {
                 tracing::info!(%status, "task already finished; this delivery changes nothing");
                 return Ok(());
@@ -291,7 +304,7 @@ impl RoleContext {
                 };
                 // Guardrails, when the role has any: input rules, PII masking, output rules
                 // with re-asks, then reject or park for review (guard.rs).
-                let Some(out) = self.run_guarded(handler, input).await? else {
+                let Some(out) = self.run_guarded(handler, input, data.deadline_in).await? else {
                     return Ok(());
                 };
                 if let Err(e) = self.limits.check_output(out.text.len()) {
@@ -327,6 +340,16 @@ impl RoleContext {
                 "task record {task_id} vanished while the stage ran: nothing to write the result to"
             ))
             .into()),
+            Finished::Terminal(status @ (TaskStatus::Cancelled | TaskStatus::Expired)) => {
+                Err(JobError::Stopped {
+                    status,
+                    message: format!(
+                        "task {status} while the {} stage ran; its output is not kept",
+                        self.role
+                    ),
+                }
+                .into())
+            }
             Finished::Terminal(status) => {
                 tracing::info!(%status, "task finished meanwhile; this output is not stored");
                 Ok(())
@@ -334,6 +357,47 @@ impl RoleContext {
             Finished::Waiting => Ok(()),
             Finished::Complete if last => Ok(()),
             Finished::Complete => self.chain(&job).await,
+        }
+    }
+
+    /// Runs the handler until it answers, the task is cancelled (the watch in
+    /// `control.rs` fires the token), or the task's deadline comes: the provider call is
+    /// then dropped, and with it its HTTP request, so no call outlives the time left.
+    pub(crate) async fn run_stoppable<H: crate::RoleHandler + ?Sized>(
+        &self,
+        handler: &H,
+        input: &StageInput,
+        deadline_in: Option<std::time::Duration>,
+    ) -> Result<StageOutput, JobFailure> {
+        let registration = self.running.register(&input.task_id);
+        let deadline = async {
+            match deadline_in {
+                Some(left) => tokio::time::sleep(left).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            out = handler.run(self, input) => Ok(out?),
+            _ = registration.token().cancelled() => Err(JobError::Stopped {
+                status: TaskStatus::Cancelled,
+                message: format!("task cancelled while the {} stage ran; provider call aborted", self.role),
+            }
+            .into()),
+            _ = deadline => {
+                let reason = format!("deadline passed while the {} stage ran; provider call aborted", self.role);
+                // Redis errors here retry the job; the next attempt finds the deadline
+                // passed at its start and expires the task there.
+                let stopped = self
+                    .store
+                    .stop(&input.task_id, TaskStatus::Expired, &reason)
+                    .await
+                    .map_err(redis_failure)?;
+                let status = match stopped {
+                    Some(agentfleet_queue::Stopped::Already(s)) if s != TaskStatus::Expired => s,
+                    _ => TaskStatus::Expired,
+                };
+                Err(JobError::Stopped { status, message: reason }.into())
+            }
         }
     }
 
@@ -348,6 +412,7 @@ impl RoleContext {
             Some(traceparent) => Some(TraceContext { traceparent }),
             None => job.args.trace.as_ref().map(TraceContext::child),
         };
+        // The next stage waits in the task's lane.
         let entry = Envelope::new(
             task_id.clone(),
             StageJob {
@@ -356,6 +421,7 @@ impl RoleContext {
                 trace,
             },
         )
+        .in_lane(job.lane)
         .encode();
         for role in self.pipeline.stage(next).unwrap_or_default() {
             let pushed = Queue::new(self.conn.clone(), &self.namespace, role)
@@ -364,6 +430,7 @@ impl RoleContext {
                 .push(PushEntry {
                     entry: entry.clone(),
                     idempotency_key: Some(task_id.clone()),
+                    due_ms: None,
                 })
                 .await
                 .map_err(redis_failure)?;

@@ -11,6 +11,7 @@
 //! 5. the action: `reject` dead-letters (class `guardrail`), `review` parks the task.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use agentfleet_guardrails::{Action, RoleGuard, Violation, describe, reask_feedback};
 use agentfleet_job::{GuardSide, JobError, PendingReview, TokenUsage, now_ms};
@@ -60,10 +61,16 @@ impl RoleContext {
         &self,
         handler: &H,
         input: StageInput,
+        deadline_in: Option<Duration>,
     ) -> Result<Option<StageOutput>, JobFailure> {
         let Some(guard) = &self.guard else {
-            return Ok(Some(handler.run(self, &input).await?));
+            return Ok(Some(
+                self.run_stoppable(handler, &input, deadline_in).await?,
+            ));
         };
+        // Re-asks share the stage's deadline: each call gets the time left.
+        let deadline = deadline_in.map(|left| Instant::now() + left);
+        let left = || deadline.map(|at| at.saturating_duration_since(Instant::now()));
         let rules = &guard.rules;
         let mut found = rules.check_input(&input.prompt, &input.inputs, &input.metadata, &[]);
         if !found.is_empty() {
@@ -101,7 +108,7 @@ impl RoleContext {
         let mut usage = TokenUsage::default();
         let mut reasks = 0;
         loop {
-            let out = handler.run(self, &asked).await?;
+            let out = self.run_stoppable(handler, &asked, left()).await?;
             usage.prompt_tokens += out.usage.prompt_tokens;
             usage.completion_tokens += out.usage.completion_tokens;
             let text = match &session {

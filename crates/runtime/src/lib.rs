@@ -8,6 +8,7 @@
 
 mod args;
 mod context;
+mod control;
 mod guard;
 mod run;
 

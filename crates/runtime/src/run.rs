@@ -267,7 +267,9 @@ pub async fn run<H: RoleHandler>(
     let status = Arc::new(WorkerStatus::default());
     let limit_status = Arc::new(agentfleet_limits::LimitStatus::default());
 
-    let queue = Queue::new(conn.clone(), &namespace, role)?.with_idempotency_ttl(args.record_ttl());
+    let queue = Queue::new(conn.clone(), &namespace, role)?
+        .with_idempotency_ttl(args.record_ttl())
+        .with_lane_shares(args.lane_shares);
     let store = TaskStore::new(conn.clone(), namespace.clone(), args.record_ttl());
 
     let addr = match args.metrics_addr {
@@ -355,6 +357,8 @@ pub async fn run<H: RoleHandler>(
         Some(observer),
     );
 
+    let running = Arc::new(crate::control::RunningTasks::default());
+    let ctx_store = store.clone();
     let ctx = Arc::new(RoleContext {
         role,
         worker_id: worker_id.clone(),
@@ -365,6 +369,7 @@ pub async fn run<H: RoleHandler>(
         pipeline,
         stage,
         conn,
+        running: running.clone(),
         guard,
     });
     let service = RoleService {
@@ -377,6 +382,7 @@ pub async fn run<H: RoleHandler>(
         .build(service);
     let mut worker_task = tokio::spawn(worker.run());
     let sampler = tokio::spawn(sample_queue(queue, metrics.clone(), role, args.lease()));
+    let _cancellation_watch = crate::control::spawn_watch(running, ctx_store);
 
     tracing::info!(
         worker_id = %worker_id,
@@ -520,16 +526,18 @@ async fn job_loop_ended(
 async fn sample_queue(queue: Queue, metrics: Metrics, role: &'static str, lease: Duration) {
     loop {
         if let Ok(c) = queue.counts(lease).await {
-            let depth = |state: &str, v: u64| {
+            let depth = |state: &str, lane: &str, v: u64| {
                 metrics
                     .queue_depth
-                    .with_label_values(&[role, state])
+                    .with_label_values(&[role, state, lane])
                     .set(v as i64)
             };
-            depth("pending", c.pending);
-            depth("scheduled", c.scheduled);
-            depth("dead", c.dead);
-            depth("in_flight", c.in_flight);
+            depth("pending", "high", c.pending_high);
+            depth("pending", "normal", c.pending_normal);
+            depth("pending", "low", c.pending_low);
+            depth("scheduled", "", c.scheduled);
+            depth("dead", "", c.dead);
+            depth("in_flight", "", c.in_flight);
             metrics
                 .oldest_pending_age_seconds
                 .with_label_values(&[role])

@@ -235,9 +235,9 @@ impl Metrics {
         let queue_depth = IntGaugeVec::new(
             Opts::new(
                 "agentfleet_queue_depth",
-                "Entries in the role's queue by state (pending, scheduled, dead, in_flight), sampled from Redis; every worker of a role reports the same value, so aggregate with max().",
+                "Entries in the role's queue by state (pending, scheduled, dead, in_flight), pending split by priority lane (high, normal, low; empty for the other states), sampled from Redis; every worker of a role reports the same value, so sum the lanes per instance, then aggregate with max().",
             ),
-            &["role", "state"],
+            &["role", "state", "lane"],
         )?;
         let oldest_pending_age_seconds = GaugeVec::new(
             Opts::new(
@@ -326,11 +326,14 @@ impl Metrics {
     /// Pre-creates the series of a role so dashboards see zeros rather than gaps before
     /// the first job.
     pub fn init_role(&self, role: &str, version: &str, worker_id: &str) {
-        for outcome in ["succeeded", "retried", "dead"] {
+        for outcome in ["succeeded", "retried", "dead", "cancelled", "expired"] {
             self.jobs_total.with_label_values(&[role, outcome]);
         }
-        for state in ["pending", "scheduled", "dead", "in_flight"] {
-            self.queue_depth.with_label_values(&[role, state]);
+        for lane in ["high", "normal", "low"] {
+            self.queue_depth.with_label_values(&[role, "pending", lane]);
+        }
+        for state in ["scheduled", "dead", "in_flight"] {
+            self.queue_depth.with_label_values(&[role, state, ""]);
         }
         self.job_duration_seconds.with_label_values(&[role]);
         self.jobs_in_flight.with_label_values(&[role]);

@@ -68,7 +68,7 @@ pub(super) async fn fetch_loop(
                 if got == 0 {
                     let waited = tokio::select! {
                         _ = shared.stop.cancelled() => return,
-                        r = shared.queue.wait_for_entry(&mut blocking, &worker_id, shared.options.block_timeout) => r,
+                        r = shared.queue.wait_for_entry(&mut blocking, shared.options.block_timeout) => r,
                     };
                     if let Err(e) = waited {
                         shared.health.failed("wait for work", &e);

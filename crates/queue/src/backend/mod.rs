@@ -91,6 +91,10 @@ pub enum Disposition {
     LeaseLost,
     /// The worker stopped before the settlement could be written; the entry is handed back.
     Unsettled,
+    /// The task was cancelled: acknowledged, nothing chained.
+    Cancelled,
+    /// The task's deadline passed: acknowledged, nothing chained.
+    Expired,
     /// Parked for review: settled, its task waits for a person's decision.
     Parked,
 }
@@ -104,6 +108,8 @@ impl Disposition {
             Self::Deferred => "deferred",
             Self::LeaseLost => "lease_lost",
             Self::Unsettled => "unsettled",
+            Self::Cancelled => "cancelled",
+            Self::Expired => "expired",
             Self::Parked => "parked",
         }
     }

@@ -135,10 +135,21 @@ async fn settle(shared: &Shared, delivery: &Delivery, error: Option<&BoxDynError
         let _ = shared.acks.send(delivery.raw.clone());
         return Disposition::Succeeded;
     };
-    if let Some(JobFailure::Job(JobError::Deferred { delay, reason })) =
-        error.downcast_ref::<JobFailure>()
-    {
-        return defer(shared, delivery, *delay, reason).await;
+    match error.downcast_ref::<JobFailure>() {
+        Some(JobFailure::Job(JobError::Deferred { delay, reason })) => {
+            return defer(shared, delivery, *delay, reason).await;
+        }
+        Some(JobFailure::Job(JobError::Stopped { status, message })) => {
+            tracing::info!(%status, reason = %message, "task stopped; job acknowledged, nothing chained");
+            // Acknowledged like a success (batched): the task's record already says why.
+            let _ = shared.acks.send(delivery.raw.clone());
+            return if *status == agentfleet_job::TaskStatus::Expired {
+                Disposition::Expired
+            } else {
+                Disposition::Cancelled
+            };
+        }
+        _ => {}
     }
     if let Some(JobFailure::Parked { reason }) = error.downcast_ref::<JobFailure>() {
         return park(shared, delivery, reason).await;

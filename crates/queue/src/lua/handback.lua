@@ -1,6 +1,6 @@
 -- Give back everything a stopping worker still holds, at once rather than after the lease.
--- KEYS[1] the worker's in-flight hash, KEYS[2] its claim list, KEYS[3] pending list,
--- KEYS[4] workers zset
+-- KEYS[1] the worker's in-flight hash, KEYS[2] its claim list, KEYS[3] workers zset,
+-- KEYS[4..7] the lanes (high, normal, low pending lists, wake list)
 -- ARGV[1] worker id
 -- The delivery is not counted against the job (the job did not fail; the worker left), so
 -- the attempt prefix is stepped back by one.
@@ -12,7 +12,7 @@ local held = redis.call('HKEYS', KEYS[1])
 for i = 1, #held do
   back[#back + 1] = with_attempt(held[i], -1)
 end
-push_all('RPUSH', KEYS[3], back)
+push_to_lanes('RPUSH', lanes_at(4), back)
 redis.call('DEL', KEYS[1], KEYS[2])
-redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
 return #back

@@ -5,7 +5,8 @@
 -- ARGV[5] record lifetime (ms) from now, applied when the task is done,
 -- ARGV[6] n, the number of roles of this stage, ARGV[7..6+n] those roles,
 -- ARGV[7+n..] more field/value pairs (timings, usage, model), stored with a new output only
--- Returns 'gone'; 'done' for a task already done (nothing changes); 'dead' for a dead task
+-- Returns 'gone'; the status of a task already done, cancelled or expired (nothing
+-- changes: a cancelled task's late output is not kept); 'dead' for a dead task
 -- (the output is still stored, so that when the dead branch of this stage is replayed the
 -- stage can complete, but nothing chains); 'waiting' (a parallel role of the stage has not
 -- finished); or 'complete'. A re-run of a role that already finished gets 'complete' again
@@ -14,7 +15,7 @@
 local role = ARGV[1]
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 'gone' end
-if status == 'done' then return status end
+if is_terminal(status) and status ~= 'dead' then return status end
 local n = tonumber(ARGV[6])
 local set = {role .. '.state', 'done', 'updated_at_ms', ARGV[3]}
 if redis.call('HEXISTS', KEYS[1], role .. '.output') == 0 then

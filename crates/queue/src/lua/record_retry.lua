@@ -4,7 +4,7 @@
 -- clock: shown, never compared), ARGV[4] now (ms)
 -- A terminal or vanished task is left as it is. Returns 1 when noted, else 0.
 local status = redis.call('HGET', KEYS[1], 'status')
-if not status or status == 'done' or status == 'dead' then return 0 end
+if not status or is_terminal(status) then return 0 end
 local role = ARGV[1]
 redis.call('HSET', KEYS[1], role .. '.state', 'retrying', role .. '.retry_at_ms', ARGV[3],
   role .. '.last_error', ARGV[2], 'updated_at_ms', ARGV[4])

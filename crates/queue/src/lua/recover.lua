@@ -1,6 +1,7 @@
 -- Take back every entry held by a worker whose heartbeat is older than the lease.
 -- KEYS[1] workers zset, KEYS[2] that worker's in-flight hash, KEYS[3] its claim list,
--- KEYS[4] pending list, KEYS[5] dead letters hash, KEYS[6] dead letter index, KEYS[7] stats
+-- KEYS[4..7] the lanes (high, normal, low pending lists, wake list), KEYS[8] dead letters
+-- hash, KEYS[9] dead letter index, KEYS[10] stats
 -- ARGV[1] worker id, ARGV[2] lease (ms), ARGV[3] max attempts, ARGV[4] role,
 -- ARGV[5] the recovering worker's id
 -- The lease is compared on Redis's clock (TIME), the only one every worker shares.
@@ -37,15 +38,15 @@ for i = 1, #held do
       worker_id = ARGV[1],
       dead_at_ms = now,
     })
-    redis.call('HSET', KEYS[5], id, record)
-    redis.call('ZADD', KEYS[6], now, id)
+    redis.call('HSET', KEYS[8], id, record)
+    redis.call('ZADD', KEYS[9], now, id)
     dead[#dead + 1] = id
   end
 end
 -- Recovered entries go to the consuming end: they have waited longest.
-push_all('RPUSH', KEYS[4], requeue)
-if #dead > 0 then redis.call('HINCRBY', KEYS[7], 'dead', #dead) end
-redis.call('HINCRBY', KEYS[7], 'recovered', #requeue)
+push_to_lanes('RPUSH', lanes_at(4), requeue)
+if #dead > 0 then redis.call('HINCRBY', KEYS[10], 'dead', #dead) end
+redis.call('HINCRBY', KEYS[10], 'recovered', #requeue)
 redis.call('DEL', KEYS[2], KEYS[3])
 redis.call('ZREM', KEYS[1], ARGV[1])
 local out = {#requeue}

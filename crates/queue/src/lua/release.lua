@@ -1,6 +1,7 @@
 -- Give back entries a live worker holds in Redis but not in memory (a fetch whose reply
 -- was lost after it committed): they would otherwise wait for as long as the worker lives.
--- KEYS[1] the worker's in-flight hash, KEYS[2] pending list
+-- KEYS[1] the worker's in-flight hash, KEYS[2..5] the lanes (high, normal, low pending
+-- lists, wake list)
 -- ARGV    the entries, byte for byte as recorded in flight
 -- The delivery is not counted against the job (it never ran), so the attempt prefix is
 -- stepped back by one. An entry no longer held (settled or recovered meanwhile) is skipped.
@@ -12,5 +13,5 @@ for i = 1, #ARGV do
     back[#back + 1] = with_attempt(entry, -1)
   end
 end
-push_all('RPUSH', KEYS[2], back)
+push_to_lanes('RPUSH', lanes_at(2), back)
 return #back
