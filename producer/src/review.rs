@@ -346,6 +346,7 @@ async fn decide(fleet: &Fleet, d: Decision, verdict: ReviewVerdict) -> anyhow::R
         .traceparent
         .clone()
         .map(|traceparent| TraceContext { traceparent }.child());
+    // The task's lane, as every job of it.
     let entry = Envelope::new(
         id.to_owned(),
         StageJob {
@@ -354,6 +355,7 @@ async fn decide(fleet: &Fleet, d: Decision, verdict: ReviewVerdict) -> anyhow::R
             trace,
         },
     )
+    .in_lane(record.lane)
     .encode();
     let written = match verdict {
         ReviewVerdict::Approved => {

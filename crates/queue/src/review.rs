@@ -145,7 +145,7 @@ impl Queue {
         let n: u64 = SCRIPTS
             .unpark
             .key(self.keys().review())
-            .key(self.keys().pending())
+            .key(&self.lane_keys()[..])
             .arg(task_id)
             .arg(entry)
             .invoke_async(&mut self.connection())
