@@ -403,10 +403,14 @@ action = "review"
     let again = fleet.cli(&["review", "approve", rejected]);
     assert_eq!(again.status.code(), Some(3));
 
+    // A cancelled task leaves the review queue.
+    fleet.cli_ok(&["cancel", &parked[3]]);
+    assert_eq!(status(&fleet, &parked[3]), Some(TaskStatus::Cancelled));
+
     // What is left, as `review list` and `show` and the worker's gauge see it.
     let list: Value =
         serde_json::from_str(&fleet.cli_ok(&["review", "list", "--json", "--limit", "5"])).unwrap();
-    assert_eq!(list["total"], 998, "{list}");
+    assert_eq!(list["total"], 997, "{list}");
     assert_eq!(list["tasks"].as_array().unwrap().len(), 5);
     let show: Value =
         serde_json::from_str(&fleet.cli_ok(&["review", "show", &parked[2], "--json"])).unwrap();
@@ -417,7 +421,7 @@ action = "review"
     assert!(
         wait_until(Duration::from_secs(10), || reasoning
             .metrics()
-            .contains(r#"agentfleet_review_waiting{role="reasoning"} 998"#)),
+            .contains(r#"agentfleet_review_waiting{role="reasoning"} 997"#)),
         "{}",
         reasoning.metrics()
     );

@@ -182,6 +182,19 @@ impl Queue {
         Ok(n == 1)
     }
 
+    /// Drops the index entries of tasks that stopped waiting (cancelled, say), 1,000 per
+    /// command. Returns how many there were.
+    pub async fn forget_parked_many(&self, task_ids: &[String]) -> Result<u64, QueueError> {
+        let mut removed = 0;
+        for chunk in task_ids.chunks(EXPIRE_CHUNK) {
+            removed += self
+                .connection()
+                .zrem::<_, _, u64>(self.keys().review(), chunk)
+                .await?;
+        }
+        Ok(removed)
+    }
+
     /// Drops index entries parked before `retention` ago (their records have expired).
     pub async fn expire_parked(&self, retention: Duration) -> Result<u64, QueueError> {
         Ok(SCRIPTS
