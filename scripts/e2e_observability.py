@@ -51,13 +51,18 @@ def main():
 
     try:
         ports = {"reasoning": free_port(), "synthesis": free_port()}
+        # Guardrails no answer of the mock breaks: the guardrail panels have series to show.
+        guardrails = os.path.join(tmp, "guardrails.toml")
+        with open(guardrails, "w") as f:
+            f.write('[reasoning.input]\nmax_chars = 100000\n[synthesis.output]\nmax_chars = 1000000\n')
         for role, port in ports.items():
             extra = ["--mock-fail-rate", "0.2", "--backoff-base-ms", "20", "--backoff-max-ms", "200", "--max-attempts", "3"] if role == "reasoning" else []
             start([os.path.join(BIN, f"{role}-worker"), "--metrics-addr", f"127.0.0.1:{port}",
                    "--concurrency", "100", "--mock-latency-ms", "30",
                    # A limit far above the rate and a budget far above the spend: the limits
                    # panels (reservations, budget used) have series to show.
-                   "--rpm", "100000000", "--budget-daily-usd", "1000000", *extra], f"{role}.log")
+                   "--rpm", "100000000", "--budget-daily-usd", "1000000",
+                   "--guardrails", guardrails, *extra], f"{role}.log")
 
         prom_port = free_port()
         shutil.copy(ALERTS, os.path.join(tmp, "alerts.yml"))

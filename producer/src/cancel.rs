@@ -81,6 +81,18 @@ pub async fn run(fleet: &Fleet, args: CancelArgs) -> anyhow::Result<ExitCode> {
         .stop_many(&ids, TaskStatus::Cancelled, &reason)
         .await
         .context("cancelling")?;
+    // A cancelled task waits for no review any more.
+    let stopped: Vec<String> = ids
+        .iter()
+        .zip(&outcomes)
+        .filter(|(_, o)| matches!(o, Some(Stopped::Now(_))))
+        .map(|(id, _)| id.clone())
+        .collect();
+    if !stopped.is_empty() {
+        for role in fleet.pipeline.roles() {
+            fleet.queue(role)?.forget_parked_many(&stopped).await?;
+        }
+    }
     let (mut cancelled, mut finished, mut unknown) = (0, 0, 0);
     for (id, outcome) in ids.iter().zip(&outcomes) {
         let (state, text) = match outcome {

@@ -86,9 +86,33 @@ fn print_record(r: &TaskRecord) {
             };
             println!("  an earlier attempt failed{when}: {e}");
         }
+        if let Some(review) = &stage.review {
+            println!(
+                "  waits for review ({} rules {}): {} (agentfleet review show {})",
+                review.side,
+                review.rules.join(", "),
+                review.reason,
+                r.task_id
+            );
+        }
         if let Some(out) = &stage.output {
             println!("{out}");
         }
+    }
+    for d in &r.reviews {
+        let note = d
+            .note
+            .as_deref()
+            .map(|n| format!(": {n}"))
+            .unwrap_or_default();
+        println!(
+            "review: {} {} by {} ({} rules {}){note}",
+            d.role,
+            d.verdict,
+            d.by,
+            d.side,
+            d.rules.join(", ")
+        );
     }
     if let Some(a) = &r.answer {
         println!("\nanswer:\n{a}");
@@ -241,12 +265,13 @@ pub async fn queues(fleet: &Fleet, json: bool) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("reading queue {role}"))?;
         let workers = queue.live_workers(fleet.lease).await?;
-        rows.push((role.to_owned(), counts, workers));
+        let review = queue.review_counts().await?;
+        rows.push((role.to_owned(), counts, workers, review));
     }
     if json {
         let out: Vec<_> = rows
             .iter()
-            .map(|(role, c, workers)| {
+            .map(|(role, c, workers, review)| {
                 serde_json::json!({
                     "role": role,
                     "pending": c.pending,
@@ -263,6 +288,8 @@ pub async fn queues(fleet: &Fleet, json: bool) -> anyhow::Result<ExitCode> {
                     "recovered": c.recovered,
                     "oldest_pending_age_ms": c.oldest_pending_age_ms,
                     "live_workers": workers,
+                    "review": review.waiting,
+                    "oldest_review_age_ms": review.oldest_age_ms,
                 })
             })
             .collect();
@@ -273,7 +300,7 @@ pub async fn queues(fleet: &Fleet, json: bool) -> anyhow::Result<ExitCode> {
         "{:<12} {:>9} {:>9} {:>9} {:>7} {:>10} {:>8}  oldest",
         "ROLE", "PENDING", "IN-FLIGHT", "SCHEDULED", "DEAD", "DONE", "WORKERS"
     );
-    for (role, c, workers) in &rows {
+    for (role, c, workers, _) in &rows {
         let oldest = c
             .oldest_pending_age_ms
             .map(|ms| format!("{:.1}s", ms as f64 / 1000.0))
@@ -288,7 +315,7 @@ pub async fn queues(fleet: &Fleet, json: bool) -> anyhow::Result<ExitCode> {
             workers.len()
         );
     }
-    for (role, c, _) in &rows {
+    for (role, c, _, _) in &rows {
         if c.pending_high + c.pending_low > 0 {
             println!(
                 "{role} pending by lane: high {}, normal {}, low {}",
@@ -296,9 +323,18 @@ pub async fn queues(fleet: &Fleet, json: bool) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    for (role, _, workers) in &rows {
+    for (role, _, workers, _) in &rows {
         if !workers.is_empty() {
             println!("{role} workers: {}", workers.join(", "));
+        }
+    }
+    for (role, _, _, review) in &rows {
+        if review.waiting > 0 {
+            println!(
+                "{role}: {} task(s) wait for review, the oldest for {:.1}s (agentfleet review list)",
+                review.waiting,
+                review.oldest_age_ms.unwrap_or(0) as f64 / 1000.0
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

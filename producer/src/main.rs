@@ -6,6 +6,7 @@ mod dlq;
 mod enqueue;
 mod inspect;
 mod limits;
+mod review;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -108,6 +109,9 @@ enum Command {
     },
     /// Measure throughput, latency, Redis cost, CPU and memory (see BENCHMARKS.md).
     Bench(agentfleet_bench::BenchArgs),
+    /// Tasks a guardrail parked for review: list, show, approve, reject.
+    #[command(subcommand)]
+    Review(review::ReviewCommand),
 }
 
 /// What every subcommand works with.
@@ -217,6 +221,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Limits { json } => limits::run(&fleet, json).await,
+        Command::Review(cmd) => review::run(&fleet, cmd).await,
         // The bench makes its own namespaces (and its own Redis when none answers).
         Command::Bench(args) => agentfleet_bench::run(&cli.redis, args).await,
     }

@@ -593,34 +593,39 @@ impl Drop for TlsRedis {
 }
 
 /// A fake OpenAI-compatible provider on loopback that answers every Chat Completions call
-/// with `answer` and counts the calls. Serves until the test process ends.
+/// and records it. Serves until the test process ends.
 pub struct FakeProvider {
     pub port: u16,
     calls: Arc<std::sync::atomic::AtomicUsize>,
+    requests: Arc<Mutex<Vec<String>>>,
 }
 
+/// How a [`FakeProvider`] answers: the reply's text for a request body (parsed JSON). It may
+/// sleep to play a slow model; each request runs on its own thread.
+pub type Reply = dyn Fn(&serde_json::Value) -> String + Send + Sync;
+
 impl FakeProvider {
+    /// Answers every call with `answer`.
     pub fn start(answer: String) -> Self {
+        Self::scripted(move |_| answer.clone())
+    }
+
+    /// Answers each call with what `reply` makes of its request body.
+    pub fn scripted(reply: impl Fn(&serde_json::Value) -> String + Send + Sync + 'static) -> Self {
         use std::io::{Read, Write};
+        let reply: Arc<Reply> = Arc::new(reply);
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind fake provider");
         let port = listener.local_addr().expect("local addr").port();
         let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let requests: Arc<Mutex<Vec<String>>> = Arc::default();
         let counter = calls.clone();
-        let body = serde_json::json!({
-            "id": "chatcmpl-test",
-            "object": "chat.completion",
-            "created": 1741569952,
-            "model": "gpt-4o-mini",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
-                         "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}
-        })
-        .to_string();
+        let recorded = requests.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { continue };
                 counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let body = body.clone();
+                let reply = reply.clone();
+                let recorded = recorded.clone();
                 std::thread::spawn(move || {
                     // Read the head, then as many body bytes as it announces.
                     let mut buf = Vec::new();
@@ -649,6 +654,22 @@ impl FakeProvider {
                             Ok(n) => buf.extend_from_slice(&chunk[..n]),
                         }
                     }
+                    let raw = String::from_utf8_lossy(&buf[head_end..]).into_owned();
+                    let request: serde_json::Value =
+                        serde_json::from_str(&raw).unwrap_or(serde_json::Value::Null);
+                    if let Ok(mut r) = recorded.lock() {
+                        r.push(raw);
+                    }
+                    let body = serde_json::json!({
+                        "id": "chatcmpl-test",
+                        "object": "chat.completion",
+                        "created": 1741569952,
+                        "model": request["model"].as_str().unwrap_or("gpt-4o-mini"),
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": reply(&request)},
+                                     "finish_reason": "stop"}],
+                        "usage": {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}
+                    })
+                    .to_string();
                     let _ = write!(
                         stream,
                         "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
@@ -657,7 +678,25 @@ impl FakeProvider {
                 });
             }
         });
-        Self { port, calls }
+        Self {
+            port,
+            calls,
+            requests,
+        }
+    }
+
+    /// Every request body received so far, exactly as sent.
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// The user message of a Chat Completions request body (its last message).
+    pub fn user_message(request: &serde_json::Value) -> &str {
+        request["messages"]
+            .as_array()
+            .and_then(|m| m.last())
+            .and_then(|m| m["content"].as_str())
+            .unwrap_or_default()
     }
 
     /// Connections made to it: each is one provider call (it closes every connection).

@@ -35,6 +35,10 @@ pub enum JobError {
         status: crate::TaskStatus,
         message: String,
     },
+    /// A guardrail rule whose action is `reject` failed (input, or output after its
+    /// re-asks): dead-lettered at once with class `guardrail`.
+    #[error("guardrail: {message}")]
+    Guardrail { message: String },
 }
 
 impl JobError {
@@ -59,6 +63,7 @@ impl JobError {
             Self::Deferred { .. } => ErrorClass::Deferred,
             Self::Budget { .. } => ErrorClass::Budget,
             Self::Stopped { .. } => ErrorClass::Stopped,
+            Self::Guardrail { .. } => ErrorClass::Guardrail,
         }
     }
 
@@ -69,6 +74,7 @@ impl JobError {
             | Self::TooLarge { message }
             | Self::Budget { message }
             | Self::Stopped { message, .. }
+            | Self::Guardrail { message }
             | Self::Deferred {
                 reason: message, ..
             } => message,
@@ -83,6 +89,7 @@ impl JobError {
             | Self::TooLarge { .. }
             | Self::Budget { .. }
             | Self::Stopped { .. } => None,
+            Self::Guardrail { .. } => None,
         }
     }
 }
@@ -108,6 +115,8 @@ pub enum ErrorClass {
     /// The task was cancelled or expired: never a dead letter's class, the job is
     /// acknowledged.
     Stopped,
+    /// A guardrail rule rejected its input or output, or a person rejected it in review.
+    Guardrail,
 }
 
 impl fmt::Display for ErrorClass {
@@ -121,6 +130,7 @@ impl fmt::Display for ErrorClass {
             Self::Budget => "budget",
             Self::Deferred => "deferred",
             Self::Stopped => "stopped",
+            Self::Guardrail => "guardrail",
         })
     }
 }

@@ -12,6 +12,7 @@ mod lane;
 mod limits;
 mod pipeline;
 mod record;
+mod review;
 mod task;
 mod trace;
 
@@ -21,6 +22,7 @@ pub use lane::{Lane, LaneShares};
 pub use limits::{LimitError, Limits};
 pub use pipeline::{DEFAULT_PIPELINE, Pipeline, PipelineError};
 pub use record::{StageRecord, StageState, TaskRecord, TaskStatus, TokenUsage};
+pub use review::{GuardSide, PendingReview, ReviewDecision, ReviewVerdict};
 pub use task::{StageJob, TaskId, TaskSpec};
 pub use trace::TraceContext;
 

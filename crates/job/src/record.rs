@@ -17,6 +17,9 @@ pub enum TaskStatus {
     Cancelled,
     /// Its deadline passed before it was done: nothing more of it runs.
     Expired,
+    /// Parked by a guardrail whose action is `review`: holds no worker slot until a person
+    /// approves (the task resumes where it stopped) or rejects it (it is dead-lettered).
+    Review,
 }
 
 impl TaskStatus {
@@ -28,6 +31,7 @@ impl TaskStatus {
             Self::Dead => "dead",
             Self::Cancelled => "cancelled",
             Self::Expired => "expired",
+            Self::Review => "review",
         }
     }
 
@@ -61,6 +65,7 @@ impl FromStr for TaskStatus {
             "dead" => Self::Dead,
             "cancelled" => Self::Cancelled,
             "expired" => Self::Expired,
+            "review" => Self::Review,
             other => return Err(format!("unknown task status {other:?}")),
         })
     }
@@ -78,6 +83,10 @@ pub enum StageState {
     Done,
     /// Dead-lettered: the task is dead with it.
     Dead,
+    /// A guardrail parked it for a person's decision (`agentfleet review`).
+    Review,
+    /// A person approved it in review; its job is queued to resume the stage.
+    Approved,
 }
 
 impl StageState {
@@ -87,6 +96,8 @@ impl StageState {
             Self::Retrying => "retrying",
             Self::Done => "done",
             Self::Dead => "dead",
+            Self::Review => "review",
+            Self::Approved => "approved",
         }
     }
 }
@@ -99,6 +110,8 @@ impl FromStr for StageState {
             "retrying" => Self::Retrying,
             "done" => Self::Done,
             "dead" => Self::Dead,
+            "review" => Self::Review,
+            "approved" => Self::Approved,
             other => return Err(format!("unknown stage state {other:?}")),
         })
     }
@@ -139,6 +152,12 @@ pub struct StageRecord {
     /// The last failed attempt's error: history, not the task's state.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// What waits for a person's decision, while `state` is `review`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review: Option<crate::PendingReview>,
+    /// Input guardrail rules a person approved for this role: not checked again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approved_rules: Vec<String>,
 }
 
 impl StageRecord {
@@ -189,6 +208,9 @@ pub struct TaskRecord {
     /// Per role of the pipeline.
     #[serde(default)]
     pub stages: BTreeMap<String, StageRecord>,
+    /// Every review decision taken on the task, oldest first: who, when, what.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reviews: Vec<crate::ReviewDecision>,
 }
 
 impl TaskRecord {

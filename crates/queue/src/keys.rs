@@ -196,6 +196,11 @@ impl QueueKeys {
     pub fn stats(&self) -> String {
         format!("{}:stats", self.prefix)
     }
+    /// ZSET of tasks parked for review at this role: task id → when parked (ms, Redis's
+    /// clock). The task record holds what waits; this is the listing order and the gauge.
+    pub fn review(&self) -> String {
+        format!("{}:review", self.prefix)
+    }
 }
 
 /// Key names of one LLM limit, all under the hash tag `{namespace:limit:<key>}`.
@@ -287,6 +292,7 @@ mod tests {
             keys.dead_index(),
             keys.idempotency("k"),
             keys.stats(),
+            keys.review(),
         ] {
             assert!(key.starts_with("{agentfleet:reasoning}:"), "{key}");
         }

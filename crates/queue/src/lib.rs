@@ -17,6 +17,7 @@ mod error;
 mod fleet;
 mod keys;
 mod queue;
+mod review;
 mod scripts;
 mod store;
 
@@ -36,4 +37,5 @@ pub use queue::{
     Enqueued, Fetched, NewTask, PushEntry, Queue, QueueCounts, RecoveryReport, TaskControl,
     lane_of, unreadable_id,
 };
+pub use review::{ParkedTask, ReviewCounts, ReviewWrite};
 pub use store::{Finished, StageData, StageFinish, StageStart, Started, Stopped, TaskStore};

@@ -170,7 +170,7 @@ impl Queue {
     }
 
     /// The lane lists and the wake list, in the order every lane-aware script takes them.
-    fn lane_keys(&self) -> [String; 4] {
+    pub(crate) fn lane_keys(&self) -> [String; 4] {
         use agentfleet_job::Lane;
         [
             self.keys.pending_lane(Lane::High),

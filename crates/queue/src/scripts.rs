@@ -50,6 +50,13 @@ pub(crate) struct Scripts {
     pub heartbeat: Script,
     pub expired_workers: Script,
     pub release: Script,
+    pub park: Script,
+    pub unpark: Script,
+    pub bury_parked: Script,
+    pub expire_parked: Script,
+    pub record_review: Script,
+    pub record_approve: Script,
+    pub record_reject: Script,
 }
 
 pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -74,4 +81,11 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     heartbeat: script!("#!lua", "heartbeat.lua"),
     expired_workers: script!("#!lua flags=no-writes", "expired_workers.lua"),
     release: script!("#!lua", "release.lua"),
+    park: script!("#!lua", "park.lua"),
+    unpark: script!("#!lua", "unpark.lua"),
+    bury_parked: script!("#!lua", "bury_parked.lua"),
+    expire_parked: script!("#!lua flags=allow-oom", "expire_parked.lua"),
+    record_review: script!("#!lua", "record_review.lua"),
+    record_approve: script!("#!lua", "record_approve.lua"),
+    record_reject: script!("#!lua", "record_reject.lua"),
 });

@@ -1,7 +1,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use agentfleet_job::{Pipeline, StageRecord, TaskRecord, TaskStatus, TokenUsage, now_ms};
+use agentfleet_job::{
+    PendingReview, Pipeline, StageRecord, TaskRecord, TaskStatus, TokenUsage, now_ms,
+};
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 
@@ -37,6 +39,8 @@ pub enum Started {
     /// The task is `done` or `dead`: nothing may change it.
     Finished(TaskStatus),
     Ready(StageData),
+    /// This role's stage of the task is parked for review: only a person's decision moves it.
+    Parked,
 }
 
 /// The task as a stage sees it.
@@ -102,6 +106,10 @@ impl TaskStore {
 
     pub fn ttl(&self) -> Duration {
         self.ttl
+    }
+
+    pub(crate) fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
     }
 
     /// Adds the commands that create a queued task's record to `pipe`, so that the
@@ -182,6 +190,9 @@ impl TaskStore {
         })?;
         if status.is_terminal() {
             return Ok(Started::Finished(status));
+        }
+        if status == TaskStatus::Review && values.len() == 1 {
+            return Ok(Started::Parked);
         }
         values.resize(6 + start.inputs.len(), None);
         let mut values = values.into_iter().skip(2);
@@ -483,6 +494,8 @@ fn parse_record(task_id: &str, mut f: HashMap<String, String>) -> Result<TaskRec
         .ok_or("no status field")?
         .parse::<TaskStatus>()?;
     let mut stages: BTreeMap<String, StageRecord> = BTreeMap::new();
+    // `<role>.review_output` read before `<role>.review` (hash order is arbitrary).
+    let mut pending_outputs: Vec<(String, String)> = Vec::new();
     for (key, value) in &mut f {
         let Some((role, field)) = key.split_once('.') else {
             continue;
@@ -496,6 +509,12 @@ fn parse_record(task_id: &str, mut f: HashMap<String, String>) -> Result<TaskRec
             "finished_at_ms" => stage.finished_at_ms = value.parse().ok(),
             "retry_at_ms" => stage.retry_at_ms = value.parse().ok(),
             "last_error" => stage.last_error = Some(value.clone()),
+            "review" => stage.review = serde_json::from_str::<PendingReview>(value).ok(),
+            "review_output" => match &mut stage.review {
+                Some(review) => review.output = Some(std::mem::take(value)),
+                None => pending_outputs.push((role.to_owned(), std::mem::take(value))),
+            },
+            "approved" => stage.approved_rules = serde_json::from_str(value).unwrap_or_default(),
             "worker_id" => stage.worker_id = Some(value.clone()),
             "provider" => stage.provider = Some(value.clone()),
             "model" => stage.model = Some(value.clone()),
@@ -509,6 +528,11 @@ fn parse_record(task_id: &str, mut f: HashMap<String, String>) -> Result<TaskRec
                 }
             }
             _ => {}
+        }
+    }
+    for (role, output) in pending_outputs {
+        if let Some(review) = stages.get_mut(&role).and_then(|s| s.review.as_mut()) {
+            review.output = Some(output);
         }
     }
     let pipeline = f.remove("pipeline");
@@ -542,5 +566,9 @@ fn parse_record(task_id: &str, mut f: HashMap<String, String>) -> Result<TaskRec
         stopped_at_ms: num(&f, "stopped_at_ms"),
         stop_reason: f.remove("stop_reason"),
         stages,
+        reviews: f
+            .get("reviews")
+            .and_then(|r| serde_json::from_str(r).ok())
+            .unwrap_or_default(),
     })
 }

@@ -87,6 +87,11 @@ pub struct WorkerArgs {
     #[arg(long, env = "AGENTFLEET_MAX_OUTPUT_BYTES", default_value_t = Limits::DEFAULT_MAX_OUTPUT_BYTES)]
     pub max_output_bytes: usize,
 
+    /// Guardrails file (TOML): per role, input and output rules, PII masking, and what a
+    /// violation does (reject or review); README, "Guardrails and review".
+    #[arg(long, env = "AGENTFLEET_GUARDRAILS", value_name = "FILE")]
+    pub guardrails: Option<std::path::PathBuf>,
+
     #[command(flatten)]
     pub provider: ProviderArgs,
 

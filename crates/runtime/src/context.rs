@@ -136,6 +136,8 @@ pub struct RoleContext {
     pub(crate) conn: ConnectionManager,
     /// The tasks this worker is running a stage of, so a cancel can abort them.
     pub(crate) running: Arc<crate::control::RunningTasks>,
+    /// This role's guardrails, when the guardrails file has rules for it.
+    pub(crate) guard: Option<crate::guard::StageGuard>,
 }
 
 /// One task at this role's stage, as a handler receives it.
@@ -148,20 +150,29 @@ pub struct StageInput {
     /// The outputs of the stage before, by role: one, or each of a parallel stage's roles.
     /// Empty for the first stage.
     pub inputs: BTreeMap<String, String>,
+    /// Why the model's previous answer was not accepted (a guardrail's re-ask): sent after
+    /// the rest of the message. `None` on a first ask.
+    pub feedback: Option<String>,
 }
 
 impl StageInput {
     /// The user message most roles send: the question, then each earlier role's notes,
     /// then `closing` (what to do with them).
     pub fn user_message(&self, closing: &str) -> String {
-        if self.inputs.is_empty() {
-            return self.prompt.clone();
+        let mut text = if self.inputs.is_empty() {
+            self.prompt.clone()
+        } else {
+            let mut text = format!("Question:\n{}\n\n", self.prompt);
+            for (role, output) in &self.inputs {
+                text.push_str(&format!("Notes from the {role} agent:\n{output}\n\n"));
+            }
+            text.push_str(closing);
+            text
+        };
+        if let Some(feedback) = &self.feedback {
+            text.push_str("\n\n");
+            text.push_str(feedback);
         }
-        let mut text = format!("Question:\n{}\n\n", self.prompt);
-        for (role, output) in &self.inputs {
-            text.push_str(&format!("Notes from the {role} agent:\n{output}\n\n"));
-        }
-        text.push_str(closing);
         text
     }
 }
@@ -269,6 +280,12 @@ impl RoleContext {
                 return Ok(());
             }
             Started::Ready(data) => data,
+            // A copy of a job whose parking was not settled: park it again.
+            Started::Parked => {
+                return Err(JobFailure::Parked {
+                    reason: "already parked for review".to_owned(),
+                });
+            }
         };
         let (output, usage) = match data.own_output {
             Some(output) => {
@@ -283,10 +300,13 @@ impl RoleContext {
                     prompt: data.prompt,
                     metadata: data.metadata,
                     inputs: data.inputs,
+                    feedback: None,
                 };
-                let out = self
-                    .run_stoppable(handler, &input, data.deadline_in)
-                    .await?;
+                // Guardrails, when the role has any: input rules, PII masking, output rules
+                // with re-asks, then reject or park for review (guard.rs).
+                let Some(out) = self.run_guarded(handler, input, data.deadline_in).await? else {
+                    return Ok(());
+                };
                 if let Err(e) = self.limits.check_output(out.text.len()) {
                     // Not retried: the same question tends to get an answer of the same size.
                     return Err(
@@ -343,7 +363,7 @@ impl RoleContext {
     /// Runs the handler until it answers, the task is cancelled (the watch in
     /// `control.rs` fires the token), or the task's deadline comes: the provider call is
     /// then dropped, and with it its HTTP request, so no call outlives the time left.
-    async fn run_stoppable<H: crate::RoleHandler + ?Sized>(
+    pub(crate) async fn run_stoppable<H: crate::RoleHandler + ?Sized>(
         &self,
         handler: &H,
         input: &StageInput,

@@ -9,6 +9,7 @@
 mod args;
 mod context;
 mod control;
+mod guard;
 mod run;
 
 pub use args::{WorkerArgs, parse_args};

@@ -55,6 +55,8 @@ pub enum RuntimeError {
     Name(#[from] agentfleet_queue::InvalidName),
     #[error("LLM limits: {0}")]
     Limits(#[from] agentfleet_limits::LimitError),
+    #[error("--guardrails: {0}")]
+    Guardrails(#[from] agentfleet_guardrails::GuardrailError),
     #[error("metrics registry: {0}")]
     Metrics(String),
     #[error("cannot listen on {addr} for /metrics, /healthz, /readyz: {source}")]
@@ -87,6 +89,7 @@ impl RuntimeError {
             | Self::SystemPrompt(_)
             | Self::Name(_)
             | Self::Limits(_)
+            | Self::Guardrails(_)
             | Self::NotInPipeline { .. } => exit::USAGE,
             Self::Queue(agentfleet_queue::QueueError::Config(_)) => exit::USAGE,
             Self::Queue(agentfleet_queue::QueueError::InvalidName(_)) => exit::USAGE,
@@ -240,6 +243,7 @@ pub async fn run<H: RoleHandler>(
         })?;
     let worker_id = worker_id(args.worker_name.as_deref());
     let version = env!("CARGO_PKG_VERSION");
+    let guard_rules = load_guardrails(args.guardrails.as_deref(), role, &pipeline)?;
 
     // A certificate, password or ACL that Redis refuses stops the worker now, with the
     // reason; Redis merely being away does not (it connects when Redis answers).
@@ -247,6 +251,19 @@ pub async fn run<H: RoleHandler>(
 
     let metrics = Metrics::new().map_err(|e| RuntimeError::Metrics(e.to_string()))?;
     metrics.init_role(role, version, &worker_id);
+    let guard = guard_rules.map(|rules| {
+        let names = rules.rule_names();
+        metrics.guardrails.init_rules(
+            role,
+            names
+                .iter()
+                .map(|(side, rule)| (side.as_str(), rule.as_str())),
+        );
+        crate::guard::StageGuard {
+            rules,
+            metrics: metrics.clone(),
+        }
+    });
     let status = Arc::new(WorkerStatus::default());
     let limit_status = Arc::new(agentfleet_limits::LimitStatus::default());
 
@@ -353,6 +370,7 @@ pub async fn run<H: RoleHandler>(
         stage,
         conn,
         running: running.clone(),
+        guard,
     });
     let service = RoleService {
         handler: Arc::new(handler),
@@ -421,6 +439,36 @@ pub async fn run<H: RoleHandler>(
     tracing::info!(handed_back, "worker stopped");
     telemetry.shutdown();
     Ok(())
+}
+
+/// The guardrails file's rules for `role`, compiled (a bad file stops the worker at
+/// start-up, naming the problem). Roles the file names that the pipeline lacks are reported:
+/// a misspelt role guards nothing.
+fn load_guardrails(
+    path: Option<&std::path::Path>,
+    role: &str,
+    pipeline: &agentfleet_job::Pipeline,
+) -> Result<Option<Arc<agentfleet_guardrails::RoleGuard>>, RuntimeError> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    let guardrails = agentfleet_guardrails::Guardrails::load(path)?;
+    for named in guardrails.roles() {
+        if pipeline.stage_of(named).is_none() {
+            tracing::warn!(role = named, pipeline = %pipeline, "the guardrails file has rules for a role that is not in the pipeline");
+        }
+    }
+    let rules = guardrails.role(role);
+    match &rules {
+        Some(r) => tracing::info!(
+            role,
+            rules = r.rule_names().len(),
+            masks_pii = r.pii_session().is_some(),
+            "guardrails loaded"
+        ),
+        None => tracing::info!(role, "the guardrails file has no rules for this role"),
+    }
+    Ok(rules)
 }
 
 /// Records or checks the fleet's pipeline, waiting for Redis if it is away (the worker is
@@ -498,6 +546,15 @@ async fn sample_queue(queue: Queue, metrics: Metrics, role: &'static str, lease:
                 .workers_live
                 .with_label_values(&[role])
                 .set(c.live_workers as i64);
+        }
+        if let Ok(r) = queue.review_counts().await {
+            let g = &metrics.guardrails;
+            g.review_waiting
+                .with_label_values(&[role])
+                .set(r.waiting as i64);
+            g.review_oldest_age_seconds
+                .with_label_values(&[role])
+                .set(r.oldest_age_ms.unwrap_or(0) as f64 / 1000.0);
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }

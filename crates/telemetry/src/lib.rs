@@ -13,4 +13,4 @@ pub use health::{HealthServer, Readiness, serve};
 pub use logging::{
     LogFormat, Telemetry, TracingError, current_traceparent, init_logging, job_span,
 };
-pub use metrics::{LimitMetrics, Metrics};
+pub use metrics::{GuardrailMetrics, LimitMetrics, Metrics};

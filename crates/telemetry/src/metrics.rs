@@ -35,6 +35,79 @@ pub struct Metrics {
     pub worker_draining: IntGauge,
     /// The fleet-wide LLM limits and budgets (`agentfleet-limits`).
     pub limits: LimitMetrics,
+    /// Guardrails and the review queue (`agentfleet-guardrails`).
+    pub guardrails: GuardrailMetrics,
+}
+
+/// Series of the guardrails and the review queue.
+#[derive(Clone)]
+pub struct GuardrailMetrics {
+    pub violations_total: IntCounterVec,
+    pub reasks_total: IntCounterVec,
+    pub actions_total: IntCounterVec,
+    pub review_waiting: IntGaugeVec,
+    pub review_oldest_age_seconds: GaugeVec,
+}
+
+impl GuardrailMetrics {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let violations_total = IntCounterVec::new(
+            Opts::new(
+                "agentfleet_guardrail_violations_total",
+                "Guardrail rules that failed, by role, rule and side (input, output); an answer re-asked and failing again counts again.",
+            ),
+            &["role", "rule", "side"],
+        )?;
+        let reasks_total = IntCounterVec::new(
+            Opts::new(
+                "agentfleet_guardrail_reasks_total",
+                "Answers asked again of the model because they failed an output rule.",
+            ),
+            &["role"],
+        )?;
+        let actions_total = IntCounterVec::new(
+            Opts::new(
+                "agentfleet_guardrail_actions_total",
+                "Tasks a guardrail stopped, by side and action (reject: dead-lettered; review: parked for a person).",
+            ),
+            &["role", "side", "action"],
+        )?;
+        let review_waiting = IntGaugeVec::new(
+            Opts::new(
+                "agentfleet_review_waiting",
+                "Tasks parked for review at the role, from its review index in Redis; every worker of a role reports the same value, so aggregate with max().",
+            ),
+            &["role"],
+        )?;
+        let review_oldest_age_seconds = GaugeVec::new(
+            Opts::new(
+                "agentfleet_review_oldest_age_seconds",
+                "How long the task waiting longest for review at the role has waited (0 when none).",
+            ),
+            &["role"],
+        )?;
+        registry.register(Box::new(violations_total.clone()))?;
+        registry.register(Box::new(reasks_total.clone()))?;
+        registry.register(Box::new(actions_total.clone()))?;
+        registry.register(Box::new(review_waiting.clone()))?;
+        registry.register(Box::new(review_oldest_age_seconds.clone()))?;
+        Ok(Self {
+            violations_total,
+            reasks_total,
+            actions_total,
+            review_waiting,
+            review_oldest_age_seconds,
+        })
+    }
+
+    /// Pre-creates a role's series for its configured rules, so that dashboards see zeros
+    /// rather than gaps before the first violation.
+    pub fn init_rules<'a>(&self, role: &str, rules: impl IntoIterator<Item = (&'a str, &'a str)>) {
+        self.reasks_total.with_label_values(&[role]);
+        for (side, rule) in rules {
+            self.violations_total.with_label_values(&[role, rule, side]);
+        }
+    }
 }
 
 /// Series of the fleet-wide LLM limits and budgets.
@@ -230,8 +303,10 @@ impl Metrics {
         registry.register(Box::new(redis_up.clone()))?;
         registry.register(Box::new(worker_draining.clone()))?;
         let limits = LimitMetrics::new(&registry)?;
+        let guardrails = GuardrailMetrics::new(&registry)?;
         Ok(Self {
             limits,
+            guardrails,
             registry,
             jobs_total,
             job_duration_seconds,
@@ -264,6 +339,10 @@ impl Metrics {
         self.jobs_in_flight.with_label_values(&[role]);
         self.oldest_pending_age_seconds.with_label_values(&[role]);
         self.workers_live.with_label_values(&[role]);
+        self.guardrails.review_waiting.with_label_values(&[role]);
+        self.guardrails
+            .review_oldest_age_seconds
+            .with_label_values(&[role]);
         self.worker_info
             .with_label_values(&[version, role, worker_id])
             .set(1);

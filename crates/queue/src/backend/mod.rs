@@ -71,6 +71,11 @@ pub enum JobFailure {
     Job(#[from] JobError),
     #[error("undecodable entry: {0}")]
     Decode(#[from] DecodeError),
+    /// Not a failure: a guardrail parked the task for review (its record says what waits).
+    /// The entry leaves the worker and the task joins the role's review index, holding no
+    /// slot until a person decides.
+    #[error("parked for review: {reason}")]
+    Parked { reason: String },
 }
 
 /// What happened to a delivery, as metrics count it.
@@ -90,6 +95,8 @@ pub enum Disposition {
     Cancelled,
     /// The task's deadline passed: acknowledged, nothing chained.
     Expired,
+    /// Parked for review: settled, its task waits for a person's decision.
+    Parked,
 }
 
 impl Disposition {
@@ -103,6 +110,7 @@ impl Disposition {
             Self::Unsettled => "unsettled",
             Self::Cancelled => "cancelled",
             Self::Expired => "expired",
+            Self::Parked => "parked",
         }
     }
 }

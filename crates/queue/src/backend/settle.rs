@@ -151,6 +151,9 @@ async fn settle(shared: &Shared, delivery: &Delivery, error: Option<&BoxDynError
         }
         _ => {}
     }
+    if let Some(JobFailure::Parked { reason }) = error.downcast_ref::<JobFailure>() {
+        return park(shared, delivery, reason).await;
+    }
     let (class, message, retry_after) = classify(error);
     let envelope = RawEnvelope::decode(delivery.raw());
     let now = now_ms();
@@ -259,6 +262,19 @@ async fn defer(shared: &Shared, delivery: &Delivery, delay: Duration, reason: &s
     written(shared, delivery, deferred, Disposition::Deferred)
 }
 
+/// A job parked for review leaves the worker; its task joins the role's review index.
+async fn park(shared: &Shared, delivery: &Delivery, reason: &str) -> Disposition {
+    let task_id = peek_id(delivery.raw()).unwrap_or_else(|| unreadable_id(delivery.raw()));
+    tracing::info!(reason, "task parked for review");
+    let parked = until_done(&shared.health, &shared.halt, "park for review", || {
+        shared
+            .queue
+            .park(shared.worker_id(), delivery.raw(), &task_id)
+    })
+    .await;
+    written(shared, delivery, parked, Disposition::Parked)
+}
+
 /// What a retry or dead-letter write did: `wrote` when it moved the entry; when the entry
 /// was no longer held, an earlier try of the same call committed (its reply was lost) or
 /// another worker recovered it.
@@ -290,6 +306,8 @@ fn classify(error: &BoxDynError) -> (ErrorClass, String, Option<Duration>) {
     match error.downcast_ref::<JobFailure>() {
         Some(JobFailure::Job(e)) => (e.class(), e.message().to_owned(), e.retry_after()),
         Some(JobFailure::Decode(e)) => (ErrorClass::Decode, e.to_string(), None),
+        // Settled by `park` before it gets here.
+        Some(JobFailure::Parked { reason }) => (ErrorClass::Guardrail, reason.clone(), None),
         // Anything else (a panic caught by a layer, a timeout layer) may pass on a retry.
         None => (ErrorClass::Transient, error.to_string(), None),
     }

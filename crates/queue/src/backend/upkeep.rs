@@ -77,6 +77,10 @@ pub(super) async fn maintenance_loop(shared: Arc<Shared>) {
                 shared.health.failed("expire dead letters", &e);
                 tracing::warn!(operation = "expire dead letters", error = %e, "redis operation failed; will retry");
             }
+            if let Err(e) = shared.queue.expire_parked(opts.dead_letter_retention).await {
+                shared.health.failed("expire review entries", &e);
+                tracing::warn!(operation = "expire review entries", error = %e, "redis operation failed; will retry");
+            }
         }
         tokio::time::sleep(sleep).await;
     }

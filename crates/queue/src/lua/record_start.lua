@@ -9,13 +9,18 @@
 -- terminal state (`done`, `dead`, `cancelled`, `expired`) is not touched and only its
 -- status is returned: a re-delivered copy of one of its jobs never brings it back (only
 -- `dlq replay` leaves `dead`, through record_requeue.lua). A task whose deadline has passed
--- (by Redis's clock) becomes `expired` here, before any work starts.
+-- (by Redis's clock) becomes `expired` here, before any work starts. Nor is a task whose
+-- stage at this role is parked for review touched ({'review'}): only a person's decision
+-- moves it (record_approve.lua, record_reject.lua).
 local role = ARGV[1]
 local fields = {'status', 'stage', 'prompt', 'metadata', role .. '.output', 'deadline_ms'}
 for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] .. '.output' end
 local cur = redis.call('HMGET', KEYS[1], unpack(fields))
 if not cur[1] then return {} end
 if is_terminal(cur[1]) then return {cur[1]} end
+if cur[1] == 'review' and redis.call('HGET', KEYS[1], role .. '.state') == 'review' then
+  return {cur[1]}
+end
 if cur[6] then
   local now = now_ms()
   local left = tonumber(cur[6]) - now
@@ -32,8 +37,12 @@ local set = {
   role .. '.worker_id', ARGV[3],
   role .. '.started_at_ms', ARGV[4],
   'updated_at_ms', ARGV[4],
-  'status', 'running',
 }
+-- A parallel role parked for review keeps the task `review` while this one runs.
+if cur[1] ~= 'review' then
+  set[#set + 1] = 'status'
+  set[#set + 1] = 'running'
+end
 -- A role whose output is stored is done; a re-run only reuses that output.
 if not cur[5] then
   set[#set + 1] = role .. '.state'
