@@ -627,7 +627,10 @@ fn under_a_fleet_limit_a_waiting_high_job_gets_the_next_slot() {
         .record(&warm_up)
         .status
         != TaskStatus::Queued
-        && fleet.count_stage_done(std::slice::from_ref(&warm_up), "reasoning") == 1));
+        && fleet.count_stage_done(
+            std::slice::from_ref(&warm_up),
+            "reasoning"
+        ) == 1));
     let normal: Vec<serde_json::Value> = (0..60)
         .map(|i| serde_json::json!({"prompt": format!("normal {i} sleep=200")}))
         .collect();
