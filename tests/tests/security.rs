@@ -191,7 +191,18 @@ fn the_pipeline_runs_as_the_readme_acl_users_and_fails_clearly_without_them() {
     as_workers.namespace = ns.clone();
     let mut as_cli = Fleet::on("acl", &cli_url);
     as_cli.namespace = ns.clone();
-    let r = as_workers.worker("reasoning").spawn();
+    // Guardrails that park one task for review, so that the review commands run too.
+    let dir = agentfleet_e2e::tempdir();
+    let guardrails = dir.join("guardrails.toml");
+    std::fs::write(
+        &guardrails,
+        "[reasoning.input]\ndeny = [\"park me\"]\naction = \"review\"\n",
+    )
+    .unwrap();
+    let r = as_workers
+        .worker("reasoning")
+        .arg("--guardrails", guardrails.display())
+        .spawn();
     let s = as_workers.worker("synthesis").spawn();
     let ids = as_cli.enqueue_many(5, "least privilege");
     let single = as_cli.cli_ok(&["enqueue", "one more", "--idempotency-key", "acl-k"]);
@@ -231,6 +242,38 @@ fn the_pipeline_runs_as_the_readme_acl_users_and_fails_clearly_without_them() {
         .queue_counts()[0]["dead"]
         == 1));
     as_cli.cli_ok(&["dlq", "purge", "reasoning", "--all", "--yes"]);
+
+    // Review: park, list, show, reject one; park, approve another and see it finish.
+    for verdict in ["reject", "approve"] {
+        let parked = as_cli
+            .cli_ok(&["enqueue", "please park me"])
+            .trim()
+            .to_owned();
+        assert!(wait_until(Duration::from_secs(15), || as_cli.count_status(
+            std::slice::from_ref(&parked),
+            TaskStatus::Review
+        ) == 1));
+        as_cli.cli_ok(&["review", "list"]);
+        as_cli.cli_ok(&["review", "show", &parked]);
+        as_cli.cli_ok(&[
+            "review",
+            verdict,
+            &parked,
+            "--user",
+            "acl",
+            "--note",
+            "least privilege",
+        ]);
+        let end = if verdict == "reject" {
+            TaskStatus::Dead
+        } else {
+            TaskStatus::Done
+        };
+        assert!(wait_until(Duration::from_secs(15), || as_cli
+            .count_status(std::slice::from_ref(&parked), end)
+            == 1));
+    }
+    let _ = std::fs::remove_dir_all(dir);
     // Nothing either user did was refused (redis-rs, for one, ignores a refused
     // CLIENT SETINFO; the ACL log still records it).
     let log = redis.admin(&["ACL", "LOG"]).unwrap();
