@@ -141,7 +141,7 @@ def main():
 def cleanup_namespace():
     """Deletes the fleet's keys through the CLI (only crates/queue knows key names)."""
     subprocess.run(
-        [os.path.join(BIN, "agentfleet"), "--namespace", NAMESPACE, "delete-namespace", "--yes"],
+        [os.path.join(BIN, "agentfleet"), "delete-namespace", "--namespace", NAMESPACE, "--yes"],
         env={**os.environ, "REDIS_URL": REDIS_URL},
         stdout=subprocess.DEVNULL,
         check=False,
