@@ -251,7 +251,8 @@ pub async fn run<H: RoleHandler>(
     // reason; Redis merely being away does not (it connects when Redis answers).
     let (conn, blocking_conn) = connect_worker(&args.redis).await?;
 
-    let metrics = Metrics::new().map_err(|e| RuntimeError::Metrics(e.to_string()))?;
+    let metrics =
+        Metrics::new(namespace.as_str()).map_err(|e| RuntimeError::Metrics(e.to_string()))?;
     metrics.init_role(role, version, &worker_id);
     let guard = guard_rules.map(|rules| {
         let names = rules.rule_names();
@@ -366,7 +367,7 @@ pub async fn run<H: RoleHandler>(
         worker_id: worker_id.clone(),
         namespace: namespace.clone(),
         store,
-        llm: Llm::new(provider.clone(), system_prompt, metrics.clone()),
+        llm: Llm::new(role, provider.clone(), system_prompt, metrics.clone()),
         limits: args.limits(),
         pipeline,
         stage,
