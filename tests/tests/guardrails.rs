@@ -122,7 +122,7 @@ action = "reject"
     let metrics = worker.metrics();
     assert!(
         metrics.contains(
-            &format!(r#"agentfleet_guardrail_violations_total{{namespace="{}",role="reasoning",rule="prompt_injection",side="input"}} 1"#, fleet.namespace)
+            &format!(r#"agentfleet_guardrail_violations_total{{role="reasoning",rule="prompt_injection",side="input",namespace="{}"}} 1"#, fleet.namespace)
         ),
         "{metrics}"
     );
@@ -202,14 +202,14 @@ fn an_output_failing_its_json_schema_is_re_asked_with_the_error_then_accepted_or
     let metrics = worker.metrics();
     assert!(
         metrics.contains(&format!(
-            r#"agentfleet_guardrail_reasks_total{{namespace="{}",role="answer"}} 3"#,
+            r#"agentfleet_guardrail_reasks_total{{role="answer",namespace="{}"}} 3"#,
             fleet.namespace
         )),
         "{metrics}"
     );
     assert!(
         metrics.contains(
-            &format!(r#"agentfleet_guardrail_violations_total{{namespace="{}",role="answer",rule="json_schema",side="output"}} 4"#, fleet.namespace)
+            &format!(r#"agentfleet_guardrail_violations_total{{role="answer",rule="json_schema",side="output",namespace="{}"}} 4"#, fleet.namespace)
         ),
         "{metrics}"
     );
@@ -424,7 +424,7 @@ action = "review"
     assert!(
         wait_until(Duration::from_secs(10), || reasoning.metrics().contains(
             &format!(
-                r#"agentfleet_review_waiting{{namespace="{}",role="reasoning"}} 997"#,
+                r#"agentfleet_review_waiting{{role="reasoning",namespace="{}"}} 997"#,
                 fleet.namespace
             )
         )),

@@ -40,29 +40,29 @@ fn metrics_after_real_jobs_pass_promtool_and_carry_the_fixed_names() {
     // Every series carries the fleet (`namespace`); the LLM series the role that called.
     let ns = format!("namespace=\"{}\"", fleet.namespace);
     for name in [
-        format!("agentfleet_jobs_total{{{ns},outcome=\"succeeded\",role=\"reasoning\"}} 30"),
+        format!("agentfleet_jobs_total{{outcome=\"succeeded\",role=\"reasoning\",{ns}}} 30"),
         "agentfleet_job_duration_seconds_bucket".to_owned(),
-        format!("agentfleet_jobs_in_flight{{{ns},role=\"reasoning\"}}"),
+        format!("agentfleet_jobs_in_flight{{role=\"reasoning\",{ns}}}"),
         format!(
-            "agentfleet_queue_depth{{lane=\"normal\",{ns},role=\"reasoning\",state=\"pending\"}} 0"
+            "agentfleet_queue_depth{{lane=\"normal\",role=\"reasoning\",state=\"pending\",{ns}}} 0"
         ),
         format!(
-            "agentfleet_queue_depth{{lane=\"high\",{ns},role=\"reasoning\",state=\"pending\"}} 0"
+            "agentfleet_queue_depth{{lane=\"high\",role=\"reasoning\",state=\"pending\",{ns}}} 0"
         ),
-        format!("agentfleet_queue_depth{{lane=\"\",{ns},role=\"reasoning\",state=\"scheduled\"}}"),
-        format!("agentfleet_queue_depth{{lane=\"\",{ns},role=\"reasoning\",state=\"dead\"}} 0"),
-        format!("agentfleet_oldest_pending_age_seconds{{{ns},role=\"reasoning\"}}"),
+        format!("agentfleet_queue_depth{{lane=\"\",role=\"reasoning\",state=\"scheduled\",{ns}}}"),
+        format!("agentfleet_queue_depth{{lane=\"\",role=\"reasoning\",state=\"dead\",{ns}}} 0"),
+        format!("agentfleet_oldest_pending_age_seconds{{role=\"reasoning\",{ns}}}"),
         format!(
-            "agentfleet_llm_request_duration_seconds_bucket{{model=\"mock-1\",{ns},provider=\"mock\",role=\"reasoning\""
-        ),
-        format!(
-            "agentfleet_llm_errors_total{{class=\"transient\",model=\"mock-1\",{ns},provider=\"mock\",role=\"reasoning\"}}"
+            "agentfleet_llm_request_duration_seconds_bucket{{model=\"mock-1\",provider=\"mock\",role=\"reasoning\",{ns}"
         ),
         format!(
-            "agentfleet_llm_tokens_total{{kind=\"prompt\",model=\"mock-1\",{ns},provider=\"mock\",role=\"reasoning\"}}"
+            "agentfleet_llm_errors_total{{class=\"transient\",model=\"mock-1\",provider=\"mock\",role=\"reasoning\",{ns}}}"
         ),
-        format!("agentfleet_worker_info{{{ns},role=\"reasoning\""),
-        format!("agentfleet_workers_live{{{ns},role=\"reasoning\"}} 1"),
+        format!(
+            "agentfleet_llm_tokens_total{{kind=\"prompt\",model=\"mock-1\",provider=\"mock\",role=\"reasoning\",{ns}}}"
+        ),
+        "agentfleet_worker_info{role=\"reasoning\"".to_owned(),
+        format!("agentfleet_workers_live{{role=\"reasoning\",{ns}}} 1"),
         format!("agentfleet_redis_up{{{ns}}} 1"),
     ] {
         assert!(text.contains(&name), "missing {name} in:\n{text}");
@@ -77,7 +77,7 @@ fn metrics_after_real_jobs_pass_promtool_and_carry_the_fixed_names() {
         .lines()
         .find(|l| {
             l.starts_with(&format!(
-                "agentfleet_jobs_total{{{ns},outcome=\"retried\",role=\"reasoning\"}}"
+                "agentfleet_jobs_total{{outcome=\"retried\",role=\"reasoning\",{ns}}}"
             ))
         })
         .and_then(|l| l.rsplit(' ').next())
@@ -85,7 +85,7 @@ fn metrics_after_real_jobs_pass_promtool_and_carry_the_fixed_names() {
         .unwrap_or(0.0);
     assert!(retried > 0.0, "a 30% failure rate must show retries");
     assert!(s.metrics().contains(&format!(
-        "agentfleet_jobs_total{{{ns},outcome=\"succeeded\",role=\"synthesis\"}} 30"
+        "agentfleet_jobs_total{{outcome=\"succeeded\",role=\"synthesis\",{ns}}} 30"
     )));
     assert_eq!(r.http_status("/healthz"), Some(200));
     assert_eq!(r.http_status("/readyz"), Some(200));
@@ -176,9 +176,9 @@ fn after_100k_tasks_only_expiring_per_task_keys_remain() {
     let _r = worker("reasoning");
     let _s = worker("synthesis");
     let out = fleet.cli(&[
+        "enqueue",
         "--record-ttl-secs",
         &ttl.to_string(),
-        "enqueue",
         "--count",
         "100000",
         "--prompt",
@@ -229,9 +229,9 @@ fn records_and_idempotency_keys_expire_after_their_lifetime() {
         .arg("--record-ttl-secs", 6)
         .spawn();
     let out = fleet.cli(&[
+        "enqueue",
         "--record-ttl-secs",
         "6",
-        "enqueue",
         "--count",
         "50",
         "--prompt",
