@@ -166,7 +166,7 @@ async fn matching(
             from += PAGE;
         }
     }
-    found.sort_by(|a, b| b.dead_at_ms.cmp(&a.dead_at_ms));
+    found.sort_by_key(|l| std::cmp::Reverse(l.dead_at_ms));
     Ok(found.into_iter().skip(offset).take(limit).collect())
 }
 

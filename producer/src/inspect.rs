@@ -328,6 +328,10 @@ async fn rows(fleet: &Fleet) -> anyhow::Result<Vec<Row>> {
 pub async fn watch_queues(fleet: &Fleet, every: Duration) -> anyhow::Result<ExitCode> {
     let terminal = std::io::stdout().is_terminal();
     let mut last: Option<(Instant, BTreeMap<String, u64>)> = None;
+    // One listener for the whole watch: a Ctrl-C that lands while the table is being read
+    // or drawn is kept for the next wait rather than lost.
+    let mut interrupted = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("listening for Ctrl-C")?;
     loop {
         let rows = rows(fleet).await?;
         let now = Instant::now();
@@ -362,7 +366,7 @@ pub async fn watch_queues(fleet: &Fleet, every: Duration) -> anyhow::Result<Exit
         last = Some((now, done));
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
-            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+            _ = interrupted.recv() => return Ok(ExitCode::SUCCESS),
         }
     }
 }
