@@ -34,6 +34,12 @@ pub struct CancelArgs {
     /// One JSON object per task instead of a line for people.
     #[arg(long)]
     json: bool,
+
+    #[command(flatten)]
+    pub ns: agentfleet_queue::NamespaceArgs,
+
+    #[command(flatten)]
+    pub ttl: agentfleet_queue::RecordTtlArgs,
 }
 
 fn parse_meta(s: &str) -> Result<(String, String), String> {

@@ -1,6 +1,6 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -16,51 +16,71 @@ const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
 
 #[derive(Args)]
 pub struct EnqueueArgs {
-    /// The prompt of one task.
-    #[arg(conflicts_with_all = ["file", "count"])]
+    /// The prompt of one task (or of each `--count` copy). For a long prompt use
+    /// `--prompt-file` (no argument-length limit).
+    #[arg(value_name = "PROMPT", conflicts_with_all = ["prompt_text", "prompt_file", "file"])]
     prompt: Option<String>,
 
-    /// A JSONL file: one {"prompt": ..., "metadata": {...}} per line. Every line is checked
-    /// before anything is enqueued.
-    #[arg(long, conflicts_with = "count")]
-    file: Option<PathBuf>,
-
-    /// Load generation: enqueue N copies of --prompt.
-    #[arg(long, requires = "prompt_text")]
-    count: Option<u64>,
-
-    /// The prompt for --count.
-    #[arg(long = "prompt", id = "prompt_text")]
+    /// The prompt, as a flag (the same as PROMPT).
+    #[arg(long = "prompt", id = "prompt_text", value_name = "PROMPT", conflicts_with_all = ["prompt_file", "file"])]
     prompt_text: Option<String>,
 
-    /// Metadata for a single task, KEY=VALUE (repeatable).
-    #[arg(long = "meta", value_parser = parse_meta)]
+    /// Read the prompt from this file, whole (`-` for standard input).
+    #[arg(long, value_name = "PATH", conflicts_with = "file")]
+    prompt_file: Option<PathBuf>,
+
+    /// A JSONL file of tasks (`-` for standard input): one {"prompt": ..., "metadata":
+    /// {...}} per line, optionally with "priority", "deadline", "delay" or "at" as the flags
+    /// spell them. Metadata values are strings, numbers or booleans (stored as text); other
+    /// fields are refused. Every line is checked first: every bad line is reported and then
+    /// nothing is enqueued. The tasks get a batch id (printed on stderr).
+    #[arg(long, value_name = "PATH", conflicts_with = "count")]
+    file: Option<PathBuf>,
+
+    /// Load generation: enqueue N copies of the prompt (PROMPT, --prompt or --prompt-file).
+    /// The tasks get a batch id (printed on stderr).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    count: Option<u64>,
+
+    /// Metadata of every task of this enqueue, KEY=VALUE (repeatable, each key once). A
+    /// JSONL line's own metadata wins for its keys.
+    #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_meta)]
     metadata: Vec<(String, String)>,
 
-    /// A key that makes a retried enqueue of the same task a no-op (single task only): a
-    /// repeat prints the first task's id and writes nothing, while that task's record lives.
-    #[arg(long, conflicts_with_all = ["file", "count"])]
+    /// A key that makes a retried enqueue of the same task a no-op (single task only;
+    /// refused with --file and --count): a repeat prints the first task's id and writes
+    /// nothing, while that task's record lives.
+    #[arg(long, value_name = "KEY", conflicts_with_all = ["file", "count"])]
     idempotency_key: Option<String>,
 
     #[command(flatten)]
     control: ControlArgs,
 
     /// Largest prompt, in bytes.
-    #[arg(long, env = "AGENTFLEET_MAX_PROMPT_BYTES", default_value_t = Limits::DEFAULT_MAX_PROMPT_BYTES)]
+    #[arg(long, value_name = "BYTES", env = "AGENTFLEET_MAX_PROMPT_BYTES", default_value_t = Limits::DEFAULT_MAX_PROMPT_BYTES)]
     max_prompt_bytes: usize,
 
     /// Largest line of a --file, in bytes.
-    #[arg(long, env = "AGENTFLEET_MAX_LINE_BYTES", default_value_t = 2 * 1024 * 1024)]
+    #[arg(long, value_name = "BYTES", env = "AGENTFLEET_MAX_LINE_BYTES", default_value_t = 2 * 1024 * 1024)]
     max_line_bytes: usize,
 
     /// Most metadata entries of one task.
-    #[arg(long, env = "AGENTFLEET_MAX_METADATA_ENTRIES", default_value_t = Limits::DEFAULT_MAX_METADATA_ENTRIES)]
+    #[arg(long, value_name = "N", env = "AGENTFLEET_MAX_METADATA_ENTRIES", default_value_t = Limits::DEFAULT_MAX_METADATA_ENTRIES)]
     max_metadata_entries: usize,
 
     /// Largest metadata entry, key plus value, in bytes.
-    #[arg(long, env = "AGENTFLEET_MAX_METADATA_ENTRY_BYTES", default_value_t = Limits::DEFAULT_MAX_METADATA_ENTRY_BYTES)]
+    #[arg(long, value_name = "BYTES", env = "AGENTFLEET_MAX_METADATA_ENTRY_BYTES", default_value_t = Limits::DEFAULT_MAX_METADATA_ENTRY_BYTES)]
     max_metadata_entry_bytes: usize,
+
+    #[command(flatten)]
+    pub ns: agentfleet_queue::NamespaceArgs,
+
+    #[command(flatten)]
+    pub ttl: agentfleet_queue::RecordTtlArgs,
 }
+
+/// Most bad JSONL lines reported one by one (the rest are counted).
+const MAX_REPORTED_LINES: usize = 20;
 
 /// When and how urgently the tasks run (every task of this enqueue; a JSONL line's own
 /// `priority`, `deadline`, `delay` or `at` wins for that line).
@@ -169,10 +189,13 @@ async fn redis_now(fleet: &Fleet, timings: impl Iterator<Item = Timing>) -> anyh
 }
 
 /// A JSONL line: the task, and optionally its own lane and times (as the flags spell them).
+/// Unknown fields are refused: a misspelt `"priorty"` must not pass silently.
 #[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct JsonlTask {
-    #[serde(flatten)]
-    spec: TaskSpec,
+    prompt: String,
+    #[serde(default)]
+    metadata: BTreeMap<String, serde_json::Value>,
     #[serde(default)]
     priority: Option<String>,
     #[serde(default)]
@@ -184,6 +207,34 @@ struct JsonlTask {
 }
 
 impl JsonlTask {
+    /// The task: the flags' metadata `base` under the line's own (which wins), values as
+    /// text (strings, numbers and booleans only).
+    fn spec(&mut self, base: &BTreeMap<String, String>) -> Result<TaskSpec, String> {
+        let mut metadata = base.clone();
+        for (k, v) in std::mem::take(&mut self.metadata) {
+            let text = match v {
+                serde_json::Value::String(s) => s,
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Bool(b) => b.to_string(),
+                other => {
+                    return Err(format!(
+                        "metadata {k:?}: a {} is not allowed (strings, numbers and booleans only)",
+                        match other {
+                            serde_json::Value::Null => "null",
+                            serde_json::Value::Array(_) => "list",
+                            _ => "object",
+                        }
+                    ));
+                }
+            };
+            metadata.insert(k, text);
+        }
+        Ok(TaskSpec {
+            prompt: std::mem::take(&mut self.prompt),
+            metadata,
+        })
+    }
+
     /// The line's timing over the flags' `base`.
     fn timing(&self, base: Timing) -> Result<Timing, String> {
         let mut t = base;
@@ -232,23 +283,68 @@ fn check(spec: &TaskSpec, limits: &Limits, at: &str) -> anyhow::Result<()> {
 }
 
 fn parse_meta(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .ok_or_else(|| format!("expected KEY=VALUE, got {s:?}"))
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
 }
 
-/// Reads and checks every line first: a bad line is reported with its number and nothing
-/// is enqueued. A line longer than `max_line` is refused without being read whole.
+/// The `--meta` flags as a map: a key given twice is a usage error (which value was meant?).
+fn meta_map(pairs: &[(String, String)]) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut map = BTreeMap::new();
+    for (k, v) in pairs {
+        if map.insert(k.clone(), v.clone()).is_some() {
+            return Err(usage!("--meta {k}: the key is given more than once"));
+        }
+    }
+    Ok(map)
+}
+
+/// How a path given on the command line is named in messages (`-` is standard input).
+fn shown(path: &Path) -> String {
+    if path == Path::new("-") {
+        "<stdin>".to_owned()
+    } else {
+        path.display().to_string()
+    }
+}
+
+/// Opens `path`, or standard input for `-`.
+fn open_input(path: &Path, flag: &str) -> anyhow::Result<Box<dyn BufRead>> {
+    if path == Path::new("-") {
+        return Ok(Box::new(std::io::BufReader::new(std::io::stdin())));
+    }
+    let file = std::fs::File::open(path)
+        .map_err(|e| usage!("{flag} {}: cannot open: {e}", path.display()))?;
+    Ok(Box::new(std::io::BufReader::new(file)))
+}
+
+/// The prompt of `--prompt-file` (`-`: standard input), read whole up to one byte over the
+/// limit (enough to refuse it without holding an endless stream).
+fn read_prompt_file(path: &Path, limits: &Limits) -> anyhow::Result<String> {
+    let mut buf = Vec::new();
+    open_input(path, "--prompt-file")?
+        .take(limits.max_prompt_bytes as u64 + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| usage!("--prompt-file {}: cannot read: {e}", shown(path)))?;
+    String::from_utf8(buf).map_err(|_| usage!("--prompt-file {}: not UTF-8", shown(path)))
+}
+
+/// Reads and checks every line first: every bad line is reported with its number (the
+/// first [`MAX_REPORTED_LINES`], the rest counted) and then nothing is enqueued. A line
+/// longer than `max_line` is refused without being read whole.
 fn read_jsonl(
-    path: &PathBuf,
+    path: &Path,
     limits: &Limits,
     max_line: usize,
     base: Timing,
+    meta: &BTreeMap<String, String>,
 ) -> anyhow::Result<Vec<(TaskSpec, Timing)>> {
-    let file =
-        std::fs::File::open(path).map_err(|e| usage!("cannot open {}: {e}", path.display()))?;
-    let mut reader = std::io::BufReader::new(file);
+    let mut reader = open_input(path, "--file")?;
+    let name = shown(path);
     let mut specs = Vec::new();
+    let mut errors: Vec<String> = Vec::new();
+    let mut bad = 0usize;
     let mut buf = Vec::new();
     for n in 1.. {
         buf.clear();
@@ -256,10 +352,17 @@ fn read_jsonl(
         let read = (&mut reader)
             .take(max_line as u64 + 1)
             .read_until(b'\n', &mut buf)
-            .map_err(|e| usage!("{}:{n}: cannot read: {e}", path.display()))?;
+            .map_err(|e| usage!("{name}:{n}: cannot read: {e}"))?;
         if read == 0 {
             break;
         }
+        let at = format!("{name}:{n}: ");
+        let mut fail = |e: String| {
+            bad += 1;
+            if errors.len() < MAX_REPORTED_LINES {
+                errors.push(e);
+            }
+        };
         if buf.last() == Some(&b'\n') {
             buf.pop();
         } else if buf.len() > max_line {
@@ -267,13 +370,14 @@ fn read_jsonl(
             loop {
                 let chunk = reader
                     .fill_buf()
-                    .map_err(|e| usage!("{}:{n}: cannot read: {e}", path.display()))?;
+                    .map_err(|e| usage!("{at}cannot read: {e}"))?;
                 if chunk.is_empty() {
                     break;
                 }
                 match chunk.iter().position(|&b| b == b'\n') {
                     Some(i) => {
                         rest += i as u64;
+                        reader.consume(i + 1);
                         break;
                     }
                     None => {
@@ -283,67 +387,98 @@ fn read_jsonl(
                     }
                 }
             }
-            return Err(usage!(
-                "{}:{n}: line is {} bytes, over the limit of {max_line} (--max-line-bytes)",
-                path.display(),
+            fail(format!(
+                "{at}line is {} bytes, over the limit of {max_line} (--max-line-bytes)",
                 buf.len() as u64 + rest
             ));
+            continue;
         }
-        let at = format!("{}:{n}: ", path.display());
-        let line = std::str::from_utf8(&buf).map_err(|_| usage!("{at}not UTF-8"))?;
+        let Ok(line) = std::str::from_utf8(&buf) else {
+            fail(format!("{at}not UTF-8"));
+            continue;
+        };
         if line.trim().is_empty() {
             continue;
         }
-        let task: JsonlTask = serde_json::from_str(line).map_err(|e| {
-            usage!("{at}not a task ({e}); want {{\"prompt\": \"...\", \"metadata\": {{...}}}}")
-        })?;
-        let timing = task.timing(base).map_err(|e| usage!("{at}{e}"))?;
-        check(&task.spec, limits, &at)?;
-        specs.push((task.spec, timing));
+        let checked = serde_json::from_str::<JsonlTask>(line)
+            .map_err(|e| {
+                format!("{at}not a task ({e}); want {{\"prompt\": \"...\", \"metadata\": {{...}}}}")
+            })
+            .and_then(|mut task| {
+                let timing = task.timing(base).map_err(|e| format!("{at}{e}"))?;
+                let spec = task.spec(meta).map_err(|e| format!("{at}{e}"))?;
+                check(&spec, limits, &at).map_err(|e| e.to_string())?;
+                Ok((spec, timing))
+            });
+        match checked {
+            Ok(task) => specs.push(task),
+            Err(e) => fail(e),
+        }
+    }
+    if bad > 0 {
+        let more = bad - errors.len();
+        let more = if more > 0 {
+            format!("\n  ... and {more} more")
+        } else {
+            String::new()
+        };
+        return Err(usage!(
+            "{name}: {bad} bad line(s), nothing enqueued:\n  {}{more}",
+            errors.join("\n  ")
+        ));
     }
     if specs.is_empty() {
-        return Err(usage!("{}: no tasks in file", path.display()));
+        return Err(usage!("{name}: no tasks in file"));
     }
     Ok(specs)
 }
 
 pub async fn run(fleet: &Fleet, args: EnqueueArgs) -> anyhow::Result<ExitCode> {
     let limits = args.limits();
+    let meta = meta_map(&args.metadata)?;
     if let Some(path) = &args.file {
-        let specs = read_jsonl(path, &limits, args.max_line_bytes, args.control.timing())?;
+        let specs = read_jsonl(
+            path,
+            &limits,
+            args.max_line_bytes,
+            args.control.timing(),
+            &meta,
+        )?;
         let now = redis_now(fleet, specs.iter().map(|(_, t)| *t)).await?;
+        let batch = new_batch_id();
         let tasks: Vec<NewTask> = specs
             .into_iter()
-            .map(|(s, t)| NewTask::with_control(s, None, &fleet.pipeline, t.resolve(now)))
+            .map(|(s, t)| {
+                NewTask::with_control(s, None, &fleet.pipeline, t.resolve(now)).in_batch(&batch)
+            })
             .collect();
         enqueue_all(fleet, &tasks).await?;
         let mut out = std::io::stdout().lock();
         for t in &tasks {
             writeln!(out, "{}", t.task_id)?;
         }
+        announce_batch(&batch, tasks.len() as u64);
         return Ok(ExitCode::SUCCESS);
     }
-    if let Some(count) = args.count {
-        let prompt = args.prompt_text.unwrap_or_default();
-        let spec = TaskSpec {
-            prompt,
-            metadata: BTreeMap::new(),
-        };
-        check(&spec, &limits, "")?;
-        let timing = args.control.timing();
-        let control = timing.resolve(redis_now(fleet, std::iter::once(timing)).await?);
-        return load(fleet, count, &spec.prompt, control).await;
-    }
-    let Some(prompt) = args.prompt.or(args.prompt_text) else {
-        return Err(usage!(
-            "give a PROMPT, --file FILE, or --count N --prompt P"
-        ));
+    let prompt = match (args.prompt, args.prompt_text, &args.prompt_file) {
+        (Some(p), _, _) | (None, Some(p), _) => p,
+        (None, None, Some(path)) => read_prompt_file(path, &limits)?,
+        (None, None, None) => {
+            return Err(usage!(
+                "give a PROMPT (or --prompt, --prompt-file PATH), --file FILE, or --count N with a prompt"
+            ));
+        }
     };
     let spec = TaskSpec {
         prompt,
-        metadata: args.metadata.into_iter().collect::<BTreeMap<_, _>>(),
+        metadata: meta,
     };
     check(&spec, &limits, "")?;
+    if let Some(count) = args.count {
+        let timing = args.control.timing();
+        let control = timing.resolve(redis_now(fleet, std::iter::once(timing)).await?);
+        return load(fleet, count, &spec, control).await;
+    }
     if let Some(key) = &args.idempotency_key
         && (key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_BYTES)
     {
@@ -372,6 +507,18 @@ pub async fn run(fleet: &Fleet, args: EnqueueArgs) -> anyhow::Result<ExitCode> {
     };
     println!("{id}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// A fresh batch id: a ULID, so batches sort by when they were made.
+fn new_batch_id() -> String {
+    agentfleet_job::TaskId::new().to_string()
+}
+
+/// Tells the person (stderr: stdout holds the task ids) how to follow the batch.
+fn announce_batch(batch: &str, tasks: u64) {
+    eprintln!(
+        "agentfleet: batch {batch}: {tasks} task(s); follow it with `agentfleet status --batch {batch}` or `agentfleet wait --batch {batch}`"
+    );
 }
 
 /// Writes the tasks' records and pushes their first stage's jobs: records and the first
@@ -405,51 +552,36 @@ async fn push_to_parallel_roles(
     Ok(())
 }
 
+/// Load generation: `count` copies of `spec` in chunks of 8,000, one batch. Progress is a
+/// bar on a terminal, a plain line every few seconds otherwise (a log or a pipe gets lines,
+/// not carriage returns).
 async fn load(
     fleet: &Fleet,
     count: u64,
-    prompt: &str,
+    spec: &TaskSpec,
     control: TaskControl,
 ) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
+    let batch = new_batch_id();
+    let mut progress = crate::progress::Progress::new(count, "enqueued");
     let mut done = 0u64;
-    let mut last_report = Instant::now();
-    let mut err = std::io::stderr();
     while done < count {
         let n = (count - done).min(8_000);
         let tasks: Vec<NewTask> = (0..n)
             .map(|_| {
-                NewTask::with_control(
-                    TaskSpec {
-                        prompt: prompt.to_owned(),
-                        metadata: BTreeMap::new(),
-                    },
-                    None,
-                    &fleet.pipeline,
-                    control,
-                )
+                NewTask::with_control(spec.clone(), None, &fleet.pipeline, control).in_batch(&batch)
             })
             .collect();
         enqueue_all(fleet, &tasks).await?;
         done += n;
-        if last_report.elapsed().as_millis() >= 200 || done == count {
-            last_report = Instant::now();
-            let width = 30;
-            let filled = (done * width / count.max(1)) as usize;
-            let _ = write!(
-                err,
-                "\r[{}{}] {done}/{count}",
-                "#".repeat(filled),
-                " ".repeat(width as usize - filled)
-            );
-            let _ = err.flush();
-        }
+        progress.set(done);
     }
+    progress.finish();
     let secs = started.elapsed().as_secs_f64();
-    let _ = writeln!(err);
     eprintln!(
         "enqueued {count} tasks in {secs:.2}s ({:.0} tasks/s)",
         count as f64 / secs.max(1e-9)
     );
+    announce_batch(&batch, count);
     Ok(ExitCode::SUCCESS)
 }

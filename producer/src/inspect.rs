@@ -1,3 +1,5 @@
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -6,13 +8,64 @@ use anyhow::Context;
 
 use crate::{Fleet, NotFound};
 
+/// Longest a field is shown on a terminal without `--full`, in characters.
+const CUT_AT_CHARS: usize = 2_000;
+
+/// `text` whole, or its first [`CUT_AT_CHARS`] characters and how much was left out when
+/// stdout is a terminal and `--full` was not given (a 5 MB answer floods a terminal; a
+/// pipe or a file gets everything).
+pub fn cut(text: &str, full: bool) -> String {
+    if full || !std::io::stdout().is_terminal() {
+        return text.to_owned();
+    }
+    match text.char_indices().nth(CUT_AT_CHARS) {
+        None => text.to_owned(),
+        Some((at, _)) => format!(
+            "{}\n... ({} more characters; --full shows all)",
+            &text[..at],
+            text[at..].chars().count()
+        ),
+    }
+}
+
+/// `at_ms` as a local ISO time with how long ago (or until): "2026-11-30T15:02:11+01:00
+/// (12 s ago)".
+pub fn moment(at_ms: u64) -> String {
+    let iso = jiff::Timestamp::from_millisecond(at_ms as i64)
+        .map(|t| {
+            t.to_zoned(jiff::tz::TimeZone::system())
+                .strftime("%Y-%m-%dT%H:%M:%S%:z")
+                .to_string()
+        })
+        .unwrap_or_else(|_| format!("{at_ms} ms"));
+    let now = agentfleet_job::now_ms();
+    let rel = if at_ms >= now {
+        format!("in {}", span(at_ms - now))
+    } else {
+        format!("{} ago", span(now - at_ms))
+    };
+    format!("{iso} ({rel})")
+}
+
+/// A duration for people: "850 ms", "12 s", "4 min 3 s", "2 h 5 min", "3 d 4 h".
+pub fn span(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0 => format!("{ms} ms"),
+        1..60 => format!("{s} s"),
+        60..3600 => format!("{} min {} s", s / 60, s % 60),
+        3600..86400 => format!("{} h {} min", s / 3600, s % 3600 / 60),
+        _ => format!("{} d {} h", s / 86400, s % 86400 / 3600),
+    }
+}
+
 fn not_found(id: &str) -> anyhow::Error {
     anyhow::Error::new(NotFound(format!(
         "task {id} not found: never enqueued in this namespace, or its record expired"
     )))
 }
 
-pub async fn status(fleet: &Fleet, id: &str, json: bool) -> anyhow::Result<ExitCode> {
+pub async fn status(fleet: &Fleet, id: &str, json: bool, full: bool) -> anyhow::Result<ExitCode> {
     let record = fleet
         .store
         .get(id)
@@ -24,15 +77,16 @@ pub async fn status(fleet: &Fleet, id: &str, json: bool) -> anyhow::Result<ExitC
     if json {
         println!("{}", serde_json::to_string_pretty(&record)?);
     } else {
-        print_record(&record);
+        print_record(&record, full);
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_record(r: &TaskRecord) {
+fn print_record(r: &TaskRecord, full: bool) {
     println!("task      {}", r.task_id);
     println!("status    {}", describe_status(r));
-    println!("prompt    {}", r.prompt);
+    println!("created   {}", moment(r.created_at_ms));
+    println!("prompt    {}", cut(&r.prompt, full));
     for (k, v) in &r.metadata {
         println!("meta      {k}={v}");
     }
@@ -96,7 +150,7 @@ fn print_record(r: &TaskRecord) {
             );
         }
         if let Some(out) = &stage.output {
-            println!("{out}");
+            println!("{}", cut(out, full));
         }
     }
     for d in &r.reviews {
@@ -115,7 +169,7 @@ fn print_record(r: &TaskRecord) {
         );
     }
     if let Some(a) = &r.answer {
-        println!("\nanswer:\n{a}");
+        println!("\nanswer:\n{}", cut(a, full));
     }
 }
 
@@ -168,16 +222,6 @@ fn ordered_stages(r: &TaskRecord) -> Vec<(&str, &agentfleet_job::StageRecord)> {
         )
     });
     stages
-}
-
-/// `at_ms` as "in 3.2 s" or "4.1 s ago".
-fn moment(at_ms: u64) -> String {
-    let now = agentfleet_job::now_ms();
-    if at_ms >= now {
-        format!("in {:.1} s", (at_ms - now) as f64 / 1000.0)
-    } else {
-        format!("{:.1} s ago", (now - at_ms) as f64 / 1000.0)
-    }
 }
 
 /// "3.2 s" (or "now") from now to `at_ms`.
@@ -256,7 +300,15 @@ pub async fn wait(
     }
 }
 
-pub async fn queues(fleet: &Fleet, json: bool) -> anyhow::Result<ExitCode> {
+type Row = (
+    String,
+    agentfleet_queue::QueueCounts,
+    Vec<String>,
+    agentfleet_queue::ReviewCounts,
+);
+
+/// Every role's counts, live workers and review counts.
+async fn rows(fleet: &Fleet) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
     for role in fleet.pipeline.roles() {
         let queue = fleet.queue(role)?;
@@ -268,6 +320,59 @@ pub async fn queues(fleet: &Fleet, json: bool) -> anyhow::Result<ExitCode> {
         let review = queue.review_counts().await?;
         rows.push((role.to_owned(), counts, workers, review));
     }
+    Ok(rows)
+}
+
+/// `queues --watch`: the table again every `every`, in place on a terminal (appended with
+/// a time line otherwise), with each role's rate of finished jobs since the last refresh.
+pub async fn watch_queues(fleet: &Fleet, every: Duration) -> anyhow::Result<ExitCode> {
+    let terminal = std::io::stdout().is_terminal();
+    let mut last: Option<(Instant, BTreeMap<String, u64>)> = None;
+    // One listener for the whole watch: a Ctrl-C that lands while the table is being read
+    // or drawn is kept for the next wait rather than lost.
+    let mut interrupted = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("listening for Ctrl-C")?;
+    loop {
+        let rows = rows(fleet).await?;
+        let now = Instant::now();
+        let done: BTreeMap<String, u64> = rows
+            .iter()
+            .map(|(role, c, _, _)| (role.clone(), c.succeeded + c.dead_lettered))
+            .collect();
+        let rates: BTreeMap<String, f64> = match &last {
+            Some((at, before)) => {
+                let secs = now.duration_since(*at).as_secs_f64().max(1e-3);
+                done.iter()
+                    .map(|(role, n)| {
+                        let was = before.get(role).copied().unwrap_or(*n);
+                        (role.clone(), n.saturating_sub(was) as f64 / secs)
+                    })
+                    .collect()
+            }
+            None => BTreeMap::new(),
+        };
+        if terminal {
+            // Clear the screen and go home: the table is redrawn in place.
+            print!("\x1b[2J\x1b[H");
+        } else {
+            println!();
+        }
+        println!(
+            "{} (every {} s; Ctrl-C to stop)",
+            moment(agentfleet_job::now_ms()),
+            every.as_secs()
+        );
+        print_table(&rows, Some(&rates));
+        last = Some((now, done));
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = interrupted.recv() => return Ok(ExitCode::SUCCESS),
+        }
+    }
+}
+
+pub async fn queues(fleet: &Fleet, json: bool) -> anyhow::Result<ExitCode> {
+    let rows = rows(fleet).await?;
     if json {
         let out: Vec<_> = rows
             .iter()
@@ -296,17 +401,31 @@ pub async fn queues(fleet: &Fleet, json: bool) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
     }
+    print_table(&rows, None);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The table for people; with `rates` (jobs finished per second by role), a RATE column.
+fn print_table(rows: &[Row], rates: Option<&BTreeMap<String, f64>>) {
+    let rate_head = if rates.is_some() { "    RATE/s" } else { "" };
     println!(
-        "{:<12} {:>9} {:>9} {:>9} {:>7} {:>10} {:>8}  oldest",
+        "{:<12} {:>9} {:>9} {:>9} {:>7} {:>10} {:>8}{rate_head}  oldest",
         "ROLE", "PENDING", "IN-FLIGHT", "SCHEDULED", "DEAD", "DONE", "WORKERS"
     );
-    for (role, c, workers, _) in &rows {
+    for (role, c, workers, _) in rows {
         let oldest = c
             .oldest_pending_age_ms
             .map(|ms| format!("{:.1}s", ms as f64 / 1000.0))
             .unwrap_or_else(|| "-".to_owned());
+        let rate = match rates {
+            None => String::new(),
+            Some(r) => match r.get(role) {
+                Some(v) => format!(" {v:>9.1}"),
+                None => format!(" {:>9}", "-"),
+            },
+        };
         println!(
-            "{role:<12} {:>9} {:>9} {:>9} {:>7} {:>10} {:>8}  {oldest}",
+            "{role:<12} {:>9} {:>9} {:>9} {:>7} {:>10} {:>8}{rate}  {oldest}",
             c.pending,
             c.in_flight,
             c.scheduled,
@@ -315,7 +434,7 @@ pub async fn queues(fleet: &Fleet, json: bool) -> anyhow::Result<ExitCode> {
             workers.len()
         );
     }
-    for (role, c, _, _) in &rows {
+    for (role, c, _, _) in rows {
         if c.pending_high + c.pending_low > 0 {
             println!(
                 "{role} pending by lane: high {}, normal {}, low {}",
@@ -323,12 +442,12 @@ pub async fn queues(fleet: &Fleet, json: bool) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    for (role, _, workers, _) in &rows {
+    for (role, _, workers, _) in rows {
         if !workers.is_empty() {
             println!("{role} workers: {}", workers.join(", "));
         }
     }
-    for (role, _, _, review) in &rows {
+    for (role, _, _, review) in rows {
         if review.waiting > 0 {
             println!(
                 "{role}: {} task(s) wait for review, the oldest for {:.1}s (agentfleet review list)",
@@ -337,5 +456,176 @@ pub async fn queues(fleet: &Fleet, json: bool) -> anyhow::Result<ExitCode> {
             );
         }
     }
+}
+
+/// What `status --batch` and `wait --batch` report about a batch.
+#[derive(serde::Serialize)]
+struct BatchSummary {
+    batch: String,
+    tasks: usize,
+    /// Tasks by status (only statuses some task has).
+    by_status: BTreeMap<String, usize>,
+    /// Done, dead, cancelled or expired.
+    finished: usize,
+    /// Finished tasks per second, from the first task's creation to the last update of a
+    /// finished one.
+    rate_per_sec: Option<f64>,
+    /// The unfinished task created first, and its age.
+    oldest_unfinished: Option<String>,
+    oldest_unfinished_age_ms: Option<u64>,
+    /// Task ids whose records expired (or were deleted) since the batch was made.
+    missing: usize,
+}
+
+impl BatchSummary {
+    fn all_finished(&self) -> bool {
+        self.finished + self.missing == self.tasks
+    }
+
+    fn failed(&self) -> usize {
+        ["dead", "cancelled", "expired"]
+            .iter()
+            .map(|s| self.by_status.get(*s).copied().unwrap_or(0))
+            .sum()
+    }
+
+    fn print(&self) {
+        let counts = self
+            .by_status
+            .iter()
+            .map(|(s, n)| format!("{s} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        println!("batch     {}", self.batch);
+        println!("tasks     {} ({counts})", self.tasks);
+        if self.missing > 0 {
+            println!("missing   {} (records expired)", self.missing);
+        }
+        println!("finished  {}/{}", self.finished, self.tasks);
+        if let Some(rate) = self.rate_per_sec {
+            println!("rate      {rate:.1} tasks/s");
+        }
+        if let (Some(id), Some(age)) = (&self.oldest_unfinished, self.oldest_unfinished_age_ms) {
+            println!("oldest    {id}, unfinished for {}", span(age));
+        }
+    }
+}
+
+fn batch_not_found(batch: &str) -> anyhow::Error {
+    anyhow::Error::new(NotFound(format!(
+        "batch {batch} not found: never made in this namespace, or its tasks' records expired"
+    )))
+}
+
+async fn summarise_batch(fleet: &Fleet, batch: &str) -> anyhow::Result<BatchSummary> {
+    let ids = fleet
+        .store
+        .batch_members(batch)
+        .await
+        .context("reading the batch")?
+        .ok_or_else(|| batch_not_found(batch))?;
+    let statuses = fleet
+        .store
+        .statuses(&ids)
+        .await
+        .context("reading task status")?;
+    let times = fleet
+        .store
+        .times(&ids)
+        .await
+        .context("reading task times")?;
+    let now = agentfleet_job::now_ms();
+    let mut summary = BatchSummary {
+        batch: batch.to_owned(),
+        tasks: ids.len(),
+        by_status: BTreeMap::new(),
+        finished: 0,
+        rate_per_sec: None,
+        oldest_unfinished: None,
+        oldest_unfinished_age_ms: None,
+        missing: 0,
+    };
+    let mut first_created = u64::MAX;
+    let mut last_finished = 0;
+    let mut oldest: Option<(u64, &String)> = None;
+    for ((id, status), time) in ids.iter().zip(&statuses).zip(&times) {
+        let Some(status) = status else {
+            summary.missing += 1;
+            continue;
+        };
+        *summary.by_status.entry(status.to_string()).or_default() += 1;
+        let (created, updated) = time.unwrap_or((now, now));
+        first_created = first_created.min(created);
+        if status.is_terminal() {
+            summary.finished += 1;
+            last_finished = last_finished.max(updated);
+        } else if oldest.is_none_or(|(at, _)| created < at) {
+            oldest = Some((created, id));
+        }
+    }
+    if summary.finished > 0 && last_finished > first_created {
+        summary.rate_per_sec =
+            Some(summary.finished as f64 / ((last_finished - first_created) as f64 / 1000.0));
+    }
+    if let Some((at, id)) = oldest {
+        summary.oldest_unfinished = Some(id.clone());
+        summary.oldest_unfinished_age_ms = Some(now.saturating_sub(at));
+    }
+    Ok(summary)
+}
+
+/// `status --batch`: counts by status, rate, oldest unfinished task.
+pub async fn batch_status(fleet: &Fleet, batch: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let summary = summarise_batch(fleet, batch).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        summary.print();
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `wait --batch`: blocks until every task of the batch is finished, showing progress on
+/// stderr. Exit 0 when all are done, 1 if any is dead, cancelled or expired, 2 on timeout.
+pub async fn wait_batch(
+    fleet: &Fleet,
+    batch: &str,
+    timeout: Option<Duration>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let mut poll = Duration::from_millis(50);
+    let mut progress: Option<crate::progress::Progress> = None;
+    loop {
+        let summary = summarise_batch(fleet, batch).await?;
+        progress
+            .get_or_insert_with(|| crate::progress::Progress::new(summary.tasks as u64, "finished"))
+            .set((summary.finished + summary.missing) as u64);
+        let timed_out = timeout.is_some_and(|limit| started.elapsed() >= limit);
+        if summary.all_finished() || timed_out {
+            if let Some(p) = progress.take() {
+                p.finish();
+            }
+            if json {
+                println!("{}", serde_json::to_string(&summary)?);
+            } else {
+                summary.print();
+            }
+            if !summary.all_finished() {
+                eprintln!(
+                    "agentfleet: timed out waiting for batch {batch}: {} of {} unfinished",
+                    summary.tasks - summary.finished - summary.missing,
+                    summary.tasks
+                );
+                return Ok(ExitCode::from(exit::TIMED_OUT));
+            }
+            return Ok(ExitCode::from(if summary.failed() > 0 {
+                exit::TASK_DEAD
+            } else {
+                exit::OK
+            }));
+        }
+        tokio::time::sleep(poll).await;
+        poll = (poll * 2).min(Duration::from_secs(1));
+    }
 }

@@ -6,6 +6,7 @@ mod dlq;
 mod enqueue;
 mod inspect;
 mod limits;
+mod progress;
 mod review;
 
 use std::process::ExitCode;
@@ -13,8 +14,9 @@ use std::time::Duration;
 
 use agentfleet_job::{Pipeline, exit};
 use agentfleet_queue::{
-    ConnectOptions, FleetArgs, Namespace, PipelineArgs, Queue, QueueError, RedisArgs, TaskStore,
-    agree_on_pipeline, connect, delete_namespace, record_pipeline, recorded_pipeline,
+    ConnectOptions, LeaseArgs, Namespace, NamespaceArgs, PipelineArgs, Queue, QueueError,
+    RecordTtlArgs, RedisArgs, TaskStore, agree_on_pipeline, connect, delete_namespace,
+    record_pipeline, recorded_pipeline,
 };
 use clap::{Parser, Subcommand};
 
@@ -45,9 +47,6 @@ struct Cli {
     redis: RedisArgs,
 
     #[command(flatten)]
-    fleet: FleetArgs,
-
-    #[command(flatten)]
     pipeline: PipelineArgs,
 
     #[command(subcommand)]
@@ -56,13 +55,29 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Enqueue tasks: one PROMPT, a JSONL file, or N copies for load generation.
+    /// Enqueue tasks: one PROMPT, a prompt file, a JSONL file, or N copies for load
+    /// generation. Prints the task ids on stdout (and a batch id on stderr for several).
     Enqueue(enqueue::EnqueueArgs),
-    /// Show one task's record.
+    /// Show one task's record, or a summary of a batch's tasks.
     Status {
-        id: String,
+        /// The task's id (printed by `enqueue`).
+        #[arg(
+            value_name = "TASK_ID",
+            required_unless_present = "batch",
+            conflicts_with = "batch"
+        )]
+        id: Option<String>,
+        /// Summarise a batch instead (its id is printed by `enqueue --file/--count`).
+        #[arg(long, value_name = "BATCH_ID")]
+        batch: Option<String>,
+        /// Print the record as JSON (nested JSON as objects).
         #[arg(long)]
         json: bool,
+        /// Show long fields whole (prompt, outputs, answer); on a terminal they are cut.
+        #[arg(long)]
+        full: bool,
+        #[command(flatten)]
+        ns: NamespaceArgs,
     },
     /// Stop tasks wherever they are: queued or scheduled jobs never run, a running
     /// provider call is aborted within a second, nothing more is chained; the tasks end
@@ -71,29 +86,55 @@ enum Command {
     /// Block until tasks finish. Exit 0 when all are done, 1 if any is dead, cancelled or
     /// expired, 2 on timeout, 3 if an id is unknown.
     Wait {
-        #[arg(required = true)]
+        /// Task ids to wait for.
+        #[arg(
+            value_name = "TASK_ID",
+            required_unless_present = "batch",
+            conflicts_with = "batch"
+        )]
         ids: Vec<String>,
+        /// Wait for every task of this batch instead (prints a summary, not the answers).
+        #[arg(long, value_name = "BATCH_ID")]
+        batch: Option<String>,
         /// Give up after this many seconds (default: wait forever).
-        #[arg(long)]
+        #[arg(long, value_name = "SECS")]
         timeout: Option<u64>,
         /// Print the records as JSON lines instead of the answers.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        ns: NamespaceArgs,
     },
     /// Per role: pending, in flight, scheduled, dead, done, live workers.
     Queues {
-        #[arg(long)]
+        /// Print the counts as JSON.
+        #[arg(long, conflicts_with = "watch")]
         json: bool,
+        /// Refresh the table every SECS seconds (default 2) with rates per role, until
+        /// interrupted.
+        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2",
+              value_parser = clap::value_parser!(u64).range(1..=3600))]
+        watch: Option<u64>,
+        #[command(flatten)]
+        ns: NamespaceArgs,
+        #[command(flatten)]
+        lease: LeaseArgs,
     },
     /// Dead letters: list, show, replay, purge.
-    #[command(subcommand)]
-    Dlq(dlq::DlqCommand),
+    Dlq {
+        #[command(flatten)]
+        ns: NamespaceArgs,
+        #[command(subcommand)]
+        cmd: dlq::DlqCommand,
+    },
     /// Delete every key of the namespace: queues, records, dead letters, the pipeline (stop
     /// the workers first). Needs an ACL user allowed SCAN and UNLINK.
     DeleteNamespace {
         /// Confirm: this cannot be undone.
         #[arg(long)]
         yes: bool,
+        #[command(flatten)]
+        ns: NamespaceArgs,
     },
     /// Show the fleet's pipeline, or change it with `set` (producers and workers given
     /// another are refused until they are restarted with this one).
@@ -101,17 +142,52 @@ enum Command {
         /// Record this pipeline as the fleet's (e.g. 'reasoning > critique + fact-check > synthesis').
         #[arg(long, value_name = "STAGES")]
         set: Option<String>,
+        #[command(flatten)]
+        ns: NamespaceArgs,
     },
     /// Fleet-wide LLM limits (use, headroom, cooldowns, paused accounts) and budgets.
     Limits {
+        /// Print the limits as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        ns: NamespaceArgs,
     },
     /// Measure throughput, latency, Redis cost, CPU and memory (see BENCHMARKS.md).
     Bench(agentfleet_bench::BenchArgs),
     /// Tasks a guardrail parked for review: list, show, approve, reject.
-    #[command(subcommand)]
-    Review(review::ReviewCommand),
+    Review {
+        #[command(flatten)]
+        ns: NamespaceArgs,
+        #[command(subcommand)]
+        cmd: review::ReviewCommand,
+    },
+}
+
+impl Command {
+    /// The fleet flags this subcommand takes (`None`: it does not take them, the default
+    /// applies).
+    fn fleet_args(
+        &self,
+    ) -> (
+        Option<&NamespaceArgs>,
+        Option<&LeaseArgs>,
+        Option<&RecordTtlArgs>,
+    ) {
+        match self {
+            Command::Enqueue(a) => (Some(&a.ns), None, Some(&a.ttl)),
+            Command::Cancel(a) => (Some(&a.ns), None, Some(&a.ttl)),
+            Command::Queues { ns, lease, .. } => (Some(ns), Some(lease), None),
+            Command::Status { ns, .. }
+            | Command::Wait { ns, .. }
+            | Command::Dlq { ns, .. }
+            | Command::DeleteNamespace { ns, .. }
+            | Command::Pipeline { ns, .. }
+            | Command::Limits { ns, .. }
+            | Command::Review { ns, .. } => (Some(ns), None, None),
+            Command::Bench(_) => (None, None, None),
+        }
+    }
 }
 
 /// What every subcommand works with.
@@ -158,21 +234,37 @@ impl Fleet {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let namespace = Namespace::new(&cli.fleet.namespace).map_err(|e| usage!("--namespace: {e}"))?;
-    if cli.redis.tls_insecure {
+    // The bench makes its own namespaces (and its own Redis when none answers).
+    let Cli {
+        redis,
+        pipeline: pipeline_args,
+        command,
+    } = cli;
+    let command = match command {
+        Command::Bench(args) => return agentfleet_bench::run(&redis, args).await,
+        other => other,
+    };
+    let (ns, lease, ttl) = command.fleet_args();
+    let namespace = Namespace::new(ns.map_or("agentfleet", |n| n.namespace.as_str()))
+        .map_err(|e| usage!("--namespace: {e}"))?;
+    let lease = lease.map_or_else(LeaseArgs::default_lease, LeaseArgs::lease);
+    let ttl = ttl.map_or_else(RecordTtlArgs::default_record_ttl, RecordTtlArgs::record_ttl);
+    if redis.tls_insecure {
         eprintln!(
             "agentfleet: WARNING: --redis-tls-insecure: Redis's certificate is not verified (development only)"
         );
     }
-    let conn = connect(&cli.redis, &ConnectOptions::default())?;
-    let given = cli.pipeline.resolve()?;
-    let pipeline = match &cli.command {
+    let conn = connect(&redis, &ConnectOptions::default())?;
+    let given = pipeline_args.resolve()?;
+    let pipeline = match &command {
         // A producer records the fleet's pipeline, or must agree with it, once its input
         // is checked (`Fleet::agree`).
         Command::Enqueue(_) => given,
         // Deleting needs no pipeline (not even a readable one).
         Command::DeleteNamespace { .. } => given,
-        Command::Pipeline { set: Some(text) } => {
+        Command::Pipeline {
+            set: Some(text), ..
+        } => {
             let pipeline: Pipeline = text.parse().map_err(|e| usage!("--set {text:?}: {e}"))?;
             record_pipeline(&conn, &namespace, &pipeline).await?;
             println!("{pipeline}");
@@ -190,26 +282,49 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         },
     };
     let fleet = Fleet {
-        store: TaskStore::new(conn.clone(), namespace.clone(), cli.fleet.record_ttl()),
+        store: TaskStore::new(conn.clone(), namespace.clone(), ttl),
         namespace,
         pipeline,
-        lease: cli.fleet.lease(),
+        lease,
         conn,
     };
-    match cli.command {
+    match command {
         Command::Enqueue(args) => enqueue::run(&fleet, args).await,
-        Command::Status { id, json } => inspect::status(&fleet, &id, json).await,
-        Command::Wait { ids, timeout, json } => {
-            inspect::wait(&fleet, &ids, timeout.map(Duration::from_secs), json).await
+        Command::Status {
+            id,
+            batch,
+            json,
+            full,
+            ..
+        } => match (id, batch) {
+            (_, Some(batch)) => inspect::batch_status(&fleet, &batch, json).await,
+            (Some(id), None) => inspect::status(&fleet, &id, json, full).await,
+            (None, None) => Err(usage!("give a TASK_ID or --batch BATCH_ID")),
+        },
+        Command::Wait {
+            ids,
+            batch,
+            timeout,
+            json,
+            ..
+        } => {
+            let timeout = timeout.map(Duration::from_secs);
+            match batch {
+                Some(batch) => inspect::wait_batch(&fleet, &batch, timeout, json).await,
+                None => inspect::wait(&fleet, &ids, timeout, json).await,
+            }
         }
-        Command::Queues { json } => inspect::queues(&fleet, json).await,
+        Command::Queues { json, watch, .. } => match watch {
+            Some(secs) => inspect::watch_queues(&fleet, Duration::from_secs(secs)).await,
+            None => inspect::queues(&fleet, json).await,
+        },
         Command::Cancel(args) => cancel::run(&fleet, args).await,
-        Command::Dlq(cmd) => dlq::run(&fleet, cmd).await,
+        Command::Dlq { cmd, .. } => dlq::run(&fleet, cmd).await,
         Command::Pipeline { .. } => {
             println!("{}", fleet.pipeline);
             Ok(ExitCode::SUCCESS)
         }
-        Command::DeleteNamespace { yes } => {
+        Command::DeleteNamespace { yes, .. } => {
             if !yes {
                 return Err(usage!(
                     "deleting namespace {} removes every task, queue and dead letter of it: add --yes to confirm",
@@ -220,10 +335,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("deleted {deleted} keys of namespace {}", fleet.namespace);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Limits { json } => limits::run(&fleet, json).await,
-        Command::Review(cmd) => review::run(&fleet, cmd).await,
-        // The bench makes its own namespaces (and its own Redis when none answers).
-        Command::Bench(args) => agentfleet_bench::run(&cli.redis, args).await,
+        Command::Limits { json, .. } => limits::run(&fleet, json).await,
+        Command::Review { cmd, .. } => review::run(&fleet, cmd).await,
+        Command::Bench(args) => agentfleet_bench::run(&redis, args).await,
     }
 }
 
@@ -251,6 +365,41 @@ fn exit_code(e: &anyhow::Error) -> u8 {
     exit::INTERNAL
 }
 
+/// The error and its causes on one line, each said once: the Redis client's errors repeat
+/// their source in their own text ("Connection refused (os error 111)" three times).
+fn describe(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        // A reply Redis's protocol cannot parse: the address is some other server's (an
+        // HTTP port answers "HTTP/1.1 ..."), which the parser's own words do not say.
+        let redis_error = cause.downcast_ref::<redis::RedisError>().or_else(|| {
+            match cause.downcast_ref::<QueueError>() {
+                Some(QueueError::Redis(r)) => Some(r),
+                _ => None,
+            }
+        });
+        if redis_error.is_some_and(|r| r.kind() == redis::ErrorKind::Parse) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str("the server does not speak the Redis protocol (an HTTP or other port?)");
+            break;
+        }
+        let part = cause.to_string();
+        // One line: causes that span lines are joined.
+        let part = part.split_whitespace().collect::<Vec<_>>().join(" ");
+        let part = part.as_str();
+        if part.is_empty() || text.contains(part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(part);
+    }
+    text
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -270,11 +419,12 @@ async fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             let code = exit_code(&e);
+            let text = describe(&e);
             if code == exit::REDIS_UNAVAILABLE {
                 // Say where, without the password.
-                eprintln!("agentfleet: {e:#} (Redis at {url})");
+                eprintln!("agentfleet: Redis at {url}: {text}");
             } else {
-                eprintln!("agentfleet: {e:#}");
+                eprintln!("agentfleet: {text}");
             }
             ExitCode::from(code)
         }

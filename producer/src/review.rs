@@ -17,20 +17,25 @@ pub enum ReviewCommand {
     /// Tasks waiting for review, oldest first: role, side, rules, how long, an excerpt.
     List {
         /// Only this role's (default: every role of the pipeline).
-        #[arg(long)]
+        #[arg(long, value_name = "ROLE")]
         role: Option<String>,
         /// At most this many (1 or more).
-        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=100_000))]
         limit: u64,
-        #[arg(long, default_value_t = 0)]
+        /// Skip this many first (paging).
+        #[arg(long, value_name = "N", default_value_t = 0)]
         offset: usize,
+        /// Print a JSON list.
         #[arg(long)]
         json: bool,
     },
     /// What one task waits for: the rules that failed, the excerpt, the answer waiting for
     /// approval, and the decisions taken on it so far.
     Show {
+        /// The task's id.
+        #[arg(value_name = "TASK_ID")]
         id: String,
+        /// Print it as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -45,15 +50,16 @@ pub enum ReviewCommand {
 #[derive(Args)]
 pub struct Decision {
     /// The task id.
+    #[arg(value_name = "TASK_ID")]
     id: String,
     /// The role whose stage to decide, when several roles of a parallel stage wait.
-    #[arg(long)]
+    #[arg(long, value_name = "ROLE")]
     role: Option<String>,
     /// Why: kept with the decision on the task (and in the dead letter on reject).
-    #[arg(long)]
+    #[arg(long, value_name = "TEXT")]
     note: Option<String>,
     /// Who decides (default: the OS user, $USER).
-    #[arg(long, env = "AGENTFLEET_REVIEW_USER")]
+    #[arg(long, value_name = "USER", env = "AGENTFLEET_REVIEW_USER")]
     user: Option<String>,
 }
 

@@ -122,7 +122,7 @@ action = "reject"
     let metrics = worker.metrics();
     assert!(
         metrics.contains(
-            r#"agentfleet_guardrail_violations_total{role="reasoning",rule="prompt_injection",side="input"} 1"#
+            &format!(r#"agentfleet_guardrail_violations_total{{role="reasoning",rule="prompt_injection",side="input",namespace="{}"}} 1"#, fleet.namespace)
         ),
         "{metrics}"
     );
@@ -201,12 +201,15 @@ fn an_output_failing_its_json_schema_is_re_asked_with_the_error_then_accepted_or
     assert!(error.contains("is not of type"), "{error}");
     let metrics = worker.metrics();
     assert!(
-        metrics.contains(r#"agentfleet_guardrail_reasks_total{role="answer"} 3"#),
+        metrics.contains(&format!(
+            r#"agentfleet_guardrail_reasks_total{{role="answer",namespace="{}"}} 3"#,
+            fleet.namespace
+        )),
         "{metrics}"
     );
     assert!(
         metrics.contains(
-            r#"agentfleet_guardrail_violations_total{role="answer",rule="json_schema",side="output"} 4"#
+            &format!(r#"agentfleet_guardrail_violations_total{{role="answer",rule="json_schema",side="output",namespace="{}"}} 4"#, fleet.namespace)
         ),
         "{metrics}"
     );
@@ -419,9 +422,12 @@ action = "review"
     assert_eq!(review["rules"][0], "needs_review");
     assert_eq!(review["output"], "HOLD-FOR-REVIEW: an analysis of park #2");
     assert!(
-        wait_until(Duration::from_secs(10), || reasoning
-            .metrics()
-            .contains(r#"agentfleet_review_waiting{role="reasoning"} 997"#)),
+        wait_until(Duration::from_secs(10), || reasoning.metrics().contains(
+            &format!(
+                r#"agentfleet_review_waiting{{role="reasoning",namespace="{}"}} 997"#,
+                fleet.namespace
+            )
+        )),
         "{}",
         reasoning.metrics()
     );

@@ -573,6 +573,11 @@ async fn a_revoked_key_pauses_the_account_without_dead_letters_until_it_works_ag
             .contains("agentfleet_limit_account_paused{limit_key="),
         "no paused-account metric"
     );
+    assert!(
+        r.metrics()
+            .contains(&format!("namespace=\"{}\"", fleet.namespace)),
+        "no paused-account metric"
+    );
     let counts = fleet.queue_counts();
     assert!(
         counts.as_array().unwrap().iter().all(|r| r["dead"] == 0),

@@ -37,35 +37,56 @@ fn metrics_after_real_jobs_pass_promtool_and_carry_the_fixed_names() {
     // Queue gauges are sampled every 2 s.
     std::thread::sleep(Duration::from_millis(2_500));
     let text = r.metrics();
+    // Every series carries the fleet (`namespace`); the LLM series the role that called.
+    let ns = format!("namespace=\"{}\"", fleet.namespace);
     for name in [
-        "agentfleet_jobs_total{outcome=\"succeeded\",role=\"reasoning\"} 30",
-        "agentfleet_job_duration_seconds_bucket",
-        "agentfleet_jobs_in_flight{role=\"reasoning\"}",
-        "agentfleet_queue_depth{lane=\"normal\",role=\"reasoning\",state=\"pending\"} 0",
-        "agentfleet_queue_depth{lane=\"high\",role=\"reasoning\",state=\"pending\"} 0",
-        "agentfleet_queue_depth{lane=\"\",role=\"reasoning\",state=\"scheduled\"}",
-        "agentfleet_queue_depth{lane=\"\",role=\"reasoning\",state=\"dead\"} 0",
-        "agentfleet_oldest_pending_age_seconds{role=\"reasoning\"}",
-        "agentfleet_llm_request_duration_seconds_bucket{model=\"mock-1\",provider=\"mock\"",
-        "agentfleet_llm_errors_total{class=\"transient\",model=\"mock-1\",provider=\"mock\"}",
-        "agentfleet_llm_tokens_total{kind=\"prompt\",model=\"mock-1\",provider=\"mock\"}",
-        "agentfleet_worker_info{role=\"reasoning\"",
-        "agentfleet_workers_live{role=\"reasoning\"} 1",
-        "agentfleet_redis_up 1",
+        format!("agentfleet_jobs_total{{outcome=\"succeeded\",role=\"reasoning\",{ns}}} 30"),
+        "agentfleet_job_duration_seconds_bucket".to_owned(),
+        format!("agentfleet_jobs_in_flight{{role=\"reasoning\",{ns}}}"),
+        format!(
+            "agentfleet_queue_depth{{lane=\"normal\",role=\"reasoning\",state=\"pending\",{ns}}} 0"
+        ),
+        format!(
+            "agentfleet_queue_depth{{lane=\"high\",role=\"reasoning\",state=\"pending\",{ns}}} 0"
+        ),
+        format!("agentfleet_queue_depth{{lane=\"\",role=\"reasoning\",state=\"scheduled\",{ns}}}"),
+        format!("agentfleet_queue_depth{{lane=\"\",role=\"reasoning\",state=\"dead\",{ns}}} 0"),
+        format!("agentfleet_oldest_pending_age_seconds{{role=\"reasoning\",{ns}}}"),
+        format!(
+            "agentfleet_llm_request_duration_seconds_bucket{{model=\"mock-1\",provider=\"mock\",role=\"reasoning\",{ns}"
+        ),
+        format!(
+            "agentfleet_llm_errors_total{{class=\"transient\",model=\"mock-1\",provider=\"mock\",role=\"reasoning\",{ns}}}"
+        ),
+        format!(
+            "agentfleet_llm_tokens_total{{kind=\"prompt\",model=\"mock-1\",provider=\"mock\",role=\"reasoning\",{ns}}}"
+        ),
+        "agentfleet_worker_info{role=\"reasoning\"".to_owned(),
+        format!("agentfleet_workers_live{{role=\"reasoning\",{ns}}} 1"),
+        format!("agentfleet_redis_up{{{ns}}} 1"),
     ] {
-        assert!(text.contains(name), "missing {name} in:\n{text}");
+        assert!(text.contains(&name), "missing {name} in:\n{text}");
+    }
+    for line in text.lines().filter(|l| l.starts_with("agentfleet_")) {
+        assert!(
+            line.contains(&ns),
+            "a series without the fleet's namespace: {line}"
+        );
     }
     let retried = text
         .lines()
-        .find(|l| l.starts_with("agentfleet_jobs_total{outcome=\"retried\",role=\"reasoning\"}"))
+        .find(|l| {
+            l.starts_with(&format!(
+                "agentfleet_jobs_total{{outcome=\"retried\",role=\"reasoning\",{ns}}}"
+            ))
+        })
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse::<f64>().ok())
         .unwrap_or(0.0);
     assert!(retried > 0.0, "a 30% failure rate must show retries");
-    assert!(
-        s.metrics()
-            .contains("agentfleet_jobs_total{outcome=\"succeeded\",role=\"synthesis\"} 30")
-    );
+    assert!(s.metrics().contains(&format!(
+        "agentfleet_jobs_total{{outcome=\"succeeded\",role=\"synthesis\",{ns}}} 30"
+    )));
     assert_eq!(r.http_status("/healthz"), Some(200));
     assert_eq!(r.http_status("/readyz"), Some(200));
 
@@ -155,9 +176,9 @@ fn after_100k_tasks_only_expiring_per_task_keys_remain() {
     let _r = worker("reasoning");
     let _s = worker("synthesis");
     let out = fleet.cli(&[
+        "enqueue",
         "--record-ttl-secs",
         &ttl.to_string(),
-        "enqueue",
         "--count",
         "100000",
         "--prompt",
@@ -208,9 +229,9 @@ fn records_and_idempotency_keys_expire_after_their_lifetime() {
         .arg("--record-ttl-secs", 6)
         .spawn();
     let out = fleet.cli(&[
+        "enqueue",
         "--record-ttl-secs",
         "6",
-        "enqueue",
         "--count",
         "50",
         "--prompt",

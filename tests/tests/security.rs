@@ -642,7 +642,7 @@ fn every_exit_code_of_the_table_comes_from_a_real_invocation() {
         vec!["dlq", "list", "nosuchrole"],
         vec!["dlq", "purge", "reasoning", "--all"],
         vec!["enqueue", "--file", "/nonexistent/tasks.jsonl"],
-        vec!["--namespace", "bad{name}", "queues"],
+        vec!["queues", "--namespace", "bad{name}"],
         vec!["wait", &id, "--timeout", "soon"],
     ] {
         let out = fleet.cli(&args);

@@ -86,6 +86,10 @@ impl Provider for AnthropicProvider {
         &self.model
     }
 
+    fn endpoint(&self) -> Option<&str> {
+        Some(&self.url)
+    }
+
     fn complete(
         &self,
         request: CompletionRequest,

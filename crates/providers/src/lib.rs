@@ -63,6 +63,10 @@ pub trait Provider: std::fmt::Debug + Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// The model this provider asks for: the `model` label on metrics.
     fn model(&self) -> &str;
+    /// The URL it calls, for the start line (`None` for the mock, which calls nothing).
+    fn endpoint(&self) -> Option<&str> {
+        None
+    }
     fn complete(
         &self,
         request: CompletionRequest,

@@ -93,6 +93,10 @@ impl Provider for OpenAiProvider {
         &self.model
     }
 
+    fn endpoint(&self) -> Option<&str> {
+        Some(&self.url)
+    }
+
     fn complete(
         &self,
         request: CompletionRequest,

@@ -85,6 +85,7 @@ impl fmt::Debug for RedisUrl {
 /// Where Redis is and how to talk to it: the flags every binary (workers, CLI, bench) takes,
 /// each also an environment variable.
 #[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Redis connection")]
 pub struct RedisArgs {
     /// Redis to use: redis://[USER:PASSWORD@]HOST[:PORT][/DB], or rediss://... for TLS.
     /// The password is never printed.

@@ -11,10 +11,28 @@ use redis::aio::ConnectionManager;
 
 use crate::{Namespace, QueueError};
 
+/// Default of `--lease-timeout-secs` (the one place it is written).
+pub const DEFAULT_LEASE_TIMEOUT_SECS: u64 = 30;
+/// Default of `--record-ttl-secs`: a week (the one place it is written).
+pub const DEFAULT_RECORD_TTL_SECS: u64 = 7 * 24 * 3600;
+
 /// The settings producers and workers of one fleet must share: the same flags, and the one
-/// place their defaults are written.
+/// place their defaults are written. Workers take all three; the CLI flattens only the
+/// groups a subcommand uses (so its `--help` shows nothing it ignores).
 #[derive(Debug, Clone, clap::Args)]
 pub struct FleetArgs {
+    #[command(flatten)]
+    pub namespace: NamespaceArgs,
+    #[command(flatten)]
+    pub lease: LeaseArgs,
+    #[command(flatten)]
+    pub record_ttl: RecordTtlArgs,
+}
+
+/// Which fleet: the prefix of its keys.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Fleet")]
+pub struct NamespaceArgs {
     /// Prefix of every Redis key, so several fleets (or test runs) share one Redis.
     #[arg(
         long,
@@ -24,7 +42,12 @@ pub struct FleetArgs {
         default_value = "agentfleet"
     )]
     pub namespace: String,
+}
 
+/// How long a silent worker is trusted.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Fleet")]
+pub struct LeaseArgs {
     /// A worker silent (no heartbeat) for this long is presumed dead and its jobs are
     /// re-run by others; the CLI counts live workers by it.
     #[arg(
@@ -32,37 +55,71 @@ pub struct FleetArgs {
         global = true,
         env = "AGENTFLEET_LEASE_TIMEOUT_SECS",
         value_name = "SECS",
-        default_value_t = 30
+        default_value_t = DEFAULT_LEASE_TIMEOUT_SECS
     )]
     pub lease_timeout_secs: u64,
+}
 
-    /// Lifetime of task records, dead letters and idempotency keys.
+/// How long what a task leaves behind lives.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Fleet")]
+pub struct RecordTtlArgs {
+    /// Lifetime of task records, batches, dead letters and idempotency keys.
     #[arg(
         long,
         global = true,
         env = "AGENTFLEET_RECORD_TTL_SECS",
         value_name = "SECS",
-        default_value_t = 7 * 24 * 3600
+        default_value_t = DEFAULT_RECORD_TTL_SECS
     )]
     pub record_ttl_secs: u64,
 }
 
-impl FleetArgs {
+impl NamespaceArgs {
     pub fn namespace(&self) -> Result<Namespace, QueueError> {
         Ok(Namespace::new(&self.namespace)?)
     }
+}
 
+impl LeaseArgs {
     pub fn lease(&self) -> Duration {
         Duration::from_secs(self.lease_timeout_secs.max(1))
     }
 
+    /// The lease when no flag was given (a subcommand that does not take it).
+    pub fn default_lease() -> Duration {
+        Duration::from_secs(DEFAULT_LEASE_TIMEOUT_SECS)
+    }
+}
+
+impl RecordTtlArgs {
     pub fn record_ttl(&self) -> Duration {
         Duration::from_secs(self.record_ttl_secs.max(1))
+    }
+
+    /// The lifetime when no flag was given (a subcommand that writes no record).
+    pub fn default_record_ttl() -> Duration {
+        Duration::from_secs(DEFAULT_RECORD_TTL_SECS)
+    }
+}
+
+impl FleetArgs {
+    pub fn namespace(&self) -> Result<Namespace, QueueError> {
+        self.namespace.namespace()
+    }
+
+    pub fn lease(&self) -> Duration {
+        self.lease.lease()
+    }
+
+    pub fn record_ttl(&self) -> Duration {
+        self.record_ttl.record_ttl()
     }
 }
 
 /// How a producer or a worker is told the pipeline: the same flags for both.
 #[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Fleet")]
 pub struct PipelineArgs {
     /// The pipeline's stages in order: `>` separates stages, `+` roles that run in parallel
     /// on the same input (joined before the next stage). The last stage is one role: its

@@ -57,6 +57,13 @@ impl Namespace {
         format!("{}:task:{task_id}", self.0)
     }
 
+    /// LIST of the task ids of one batch (`enqueue --file/--count`), in enqueue order. Its
+    /// own key (own slot), written in the pipeline that writes the records and expiring with
+    /// them, so `wait --batch` and `status --batch` never outlive the tasks.
+    pub fn batch(&self, batch_id: &str) -> String {
+        format!("{}:batch:{batch_id}", self.0)
+    }
+
     /// STRING counting the fleet's cancellations: workers poll it (one GET) and look at the
     /// tasks they are running only when it moves.
     pub fn cancel_seq(&self) -> String {
@@ -78,6 +85,7 @@ impl Namespace {
     /// idempotency keys guarding its jobs), as opposed to a fleet's fixed keys.
     pub fn is_per_task_key(&self, key: &str) -> bool {
         key.starts_with(&format!("{}:task:", self.0))
+            || key.starts_with(&format!("{}:batch:", self.0))
             || (key.starts_with(&format!("{{{}:", self.0)) && key.contains("}:idem:"))
     }
 

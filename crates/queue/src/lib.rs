@@ -29,8 +29,8 @@ pub use connection::{ConnectOptions, RedisArgs, RedisUrl, check_access, connect,
 pub use dead_letter::DeadLetter;
 pub use error::QueueError;
 pub use fleet::{
-    FleetArgs, PipelineArgs, agree_on_pipeline, delete_namespace, record_pipeline,
-    recorded_pipeline,
+    FleetArgs, LeaseArgs, NamespaceArgs, PipelineArgs, RecordTtlArgs, agree_on_pipeline,
+    delete_namespace, record_pipeline, recorded_pipeline,
 };
 pub use keys::{BudgetKeys, InvalidName, LimitKeys, Namespace, QueueKeys};
 pub use queue::{

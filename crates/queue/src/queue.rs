@@ -38,6 +38,8 @@ pub struct NewTask {
     pub traceparent: Option<String>,
     pub control: TaskControl,
     pub push: PushEntry,
+    /// The batch it belongs to (`enqueue --file/--count`), recorded with the record.
+    pub batch: Option<String>,
 }
 
 /// When and how urgently a task runs: its lane, its deadline, its start time. Absolute
@@ -99,7 +101,14 @@ impl NewTask {
                 idempotency_key,
                 due_ms: control.not_before_ms,
             },
+            batch: None,
         }
+    }
+
+    /// The same task as a member of batch `batch_id`.
+    pub fn in_batch(mut self, batch_id: &str) -> Self {
+        self.batch = Some(batch_id.to_owned());
+        self
     }
 }
 
@@ -256,6 +265,20 @@ impl Queue {
                     t.traceparent.as_deref(),
                     &t.control,
                 );
+            }
+            // Batch membership in the same pipeline as the records (one RPUSH per batch
+            // and chunk; a chunk normally holds one batch).
+            let mut batches: Vec<(&str, Vec<&str>)> = Vec::new();
+            for t in chunk {
+                if let Some(b) = t.batch.as_deref() {
+                    match batches.iter_mut().find(|(id, _)| *id == b) {
+                        Some((_, ids)) => ids.push(&t.task_id),
+                        None => batches.push((b, vec![&t.task_id])),
+                    }
+                }
+            }
+            for (batch, ids) in &batches {
+                store.add_to_batch_into(&mut pipe, batch, ids);
             }
             let entries: Vec<PushEntry> = chunk.iter().map(|t| t.push.clone()).collect();
             let guarded = entries.iter().any(|e| e.idempotency_key.is_some());

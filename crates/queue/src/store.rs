@@ -112,13 +112,52 @@ impl TaskStore {
         self.conn.clone()
     }
 
-    /// Adds the commands that create a queued task's record to `pipe`, so that the
-    /// producer writes records and pushes jobs in one round trip.
     /// The key of a task's record.
     pub(crate) fn key(&self, task_id: &str) -> String {
         self.namespace.task(task_id)
     }
 
+    /// Adds `task_ids` to batch `batch_id` in `pipe` (the pipeline that writes their
+    /// records): the batch lives as long as the records written with it, its TTL renewed
+    /// with every chunk.
+    pub fn add_to_batch_into(&self, pipe: &mut redis::Pipeline, batch_id: &str, task_ids: &[&str]) {
+        if task_ids.is_empty() {
+            return;
+        }
+        let key = self.namespace.batch(batch_id);
+        pipe.rpush(&key, task_ids).ignore();
+        pipe.pexpire(&key, self.ttl.as_millis() as i64).ignore();
+    }
+
+    /// The task ids of a batch in enqueue order; `None` for an unknown (or expired) batch.
+    pub async fn batch_members(&self, batch_id: &str) -> Result<Option<Vec<String>>, QueueError> {
+        let ids: Vec<String> = self
+            .conn
+            .clone()
+            .lrange(self.namespace.batch(batch_id), 0, -1)
+            .await?;
+        Ok((!ids.is_empty()).then_some(ids))
+    }
+
+    /// The creation and last-update times (ms) of many tasks in one round trip, for batch
+    /// summaries (`None` for unknown ids).
+    pub async fn times(&self, task_ids: &[String]) -> Result<Vec<Option<(u64, u64)>>, QueueError> {
+        let mut pipe = redis::pipe();
+        for id in task_ids {
+            pipe.cmd("HMGET")
+                .arg(self.namespace.task(id))
+                .arg("created_at_ms")
+                .arg("updated_at_ms");
+        }
+        let raw: Vec<(Option<u64>, Option<u64>)> = pipe.query_async(&mut self.conn.clone()).await?;
+        Ok(raw
+            .into_iter()
+            .map(|(c, u)| c.map(|c| (c, u.unwrap_or(c))))
+            .collect())
+    }
+
+    /// Adds the commands that create a queued task's record to `pipe`, so that the
+    /// producer writes records and pushes jobs in one round trip.
     #[allow(clippy::too_many_arguments)]
     pub fn create_into(
         &self,

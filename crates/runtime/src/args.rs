@@ -21,8 +21,9 @@ pub struct WorkerArgs {
     #[command(flatten)]
     pub fleet: FleetArgs,
 
-    /// Jobs this process runs at once (LLM calls are I/O: hundreds are fine).
-    #[arg(long, env = "AGENTFLEET_CONCURRENCY", default_value_t = 50)]
+    /// Jobs this process runs at once, 1 or more (LLM calls are I/O: hundreds are fine).
+    #[arg(long, env = "AGENTFLEET_CONCURRENCY", value_name = "N", default_value_t = 50,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub concurrency: usize,
 
     /// Shares of this role's work guaranteed to the lower priority lanes while they have

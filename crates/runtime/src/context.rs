@@ -17,6 +17,7 @@ use redis::aio::ConnectionManager;
 /// The provider as a role sees it: one call, with metrics and error classes applied.
 #[derive(Clone)]
 pub struct Llm {
+    role: &'static str,
     provider: Arc<dyn Provider>,
     system_prompt: Arc<str>,
     metrics: Metrics,
@@ -24,12 +25,14 @@ pub struct Llm {
 
 impl Llm {
     pub(crate) fn new(
+        role: &'static str,
         provider: Arc<dyn Provider>,
         system_prompt: String,
         metrics: Metrics,
     ) -> Self {
-        metrics.init_provider(provider.name(), provider.model());
+        metrics.init_provider(role, provider.name(), provider.model());
         Self {
+            role,
             provider,
             system_prompt: system_prompt.into(),
             metrics,
@@ -46,7 +49,7 @@ impl Llm {
 
     /// Calls the model with the role's system prompt.
     pub async fn complete(&self, user: String) -> Result<StageOutput, JobError> {
-        let (name, model) = (self.provider.name(), self.provider.model());
+        let (role, name, model) = (self.role, self.provider.name(), self.provider.model());
         let started = Instant::now();
         let result = self
             .provider
@@ -63,7 +66,7 @@ impl Llm {
         if !not_sent {
             self.metrics
                 .llm_request_duration_seconds
-                .with_label_values(&[name, model])
+                .with_label_values(&[role, name, model])
                 .observe(started.elapsed().as_secs_f64());
         }
         match result {
@@ -74,11 +77,11 @@ impl Llm {
                 };
                 self.metrics
                     .llm_tokens_total
-                    .with_label_values(&[name, model, "prompt"])
+                    .with_label_values(&[role, name, model, "prompt"])
                     .inc_by(usage.prompt_tokens);
                 self.metrics
                     .llm_tokens_total
-                    .with_label_values(&[name, model, "completion"])
+                    .with_label_values(&[role, name, model, "completion"])
                     .inc_by(usage.completion_tokens);
                 Ok(StageOutput {
                     text: done.text,
@@ -89,7 +92,7 @@ impl Llm {
                 if !not_sent {
                     self.metrics
                         .llm_errors_total
-                        .with_label_values(&[name, model, e.class()])
+                        .with_label_values(&[role, name, model, e.class()])
                         .inc();
                 }
                 Err(job_error(name, e))

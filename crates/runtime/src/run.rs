@@ -229,6 +229,8 @@ pub async fn run<H: RoleHandler>(
         &format!("agentfleet-{role}"),
     )?;
     let provider = agentfleet_providers::build(&args.provider)?;
+    // Where the calls go, for the start line (the limits wrapper hides it).
+    let endpoint = provider.endpoint().unwrap_or("-").to_owned();
     let system_prompt = args
         .provider
         .system_prompt_or(&spec.default_system_prompt)
@@ -249,7 +251,8 @@ pub async fn run<H: RoleHandler>(
     // reason; Redis merely being away does not (it connects when Redis answers).
     let (conn, blocking_conn) = connect_worker(&args.redis).await?;
 
-    let metrics = Metrics::new().map_err(|e| RuntimeError::Metrics(e.to_string()))?;
+    let metrics =
+        Metrics::new(namespace.as_str()).map_err(|e| RuntimeError::Metrics(e.to_string()))?;
     metrics.init_role(role, version, &worker_id);
     let guard = guard_rules.map(|rules| {
         let names = rules.rule_names();
@@ -364,7 +367,7 @@ pub async fn run<H: RoleHandler>(
         worker_id: worker_id.clone(),
         namespace: namespace.clone(),
         store,
-        llm: Llm::new(provider.clone(), system_prompt, metrics.clone()),
+        llm: Llm::new(role, provider.clone(), system_prompt, metrics.clone()),
         limits: args.limits(),
         pipeline,
         stage,
@@ -393,6 +396,7 @@ pub async fn run<H: RoleHandler>(
         metrics_addr = %health.local_addr,
         namespace = %namespace,
         redis_url = %args.redis.url,
+        endpoint = %endpoint,
         "worker started"
     );
 
@@ -431,10 +435,17 @@ pub async fn run<H: RoleHandler>(
     }
     worker_task.abort();
     sampler.abort();
-    let handed_back = handle
-        .finish(Duration::from_secs(5))
-        .await
-        .map_err(RuntimeError::HandBack)?;
+    let idle = finished && status.running() == 0;
+    let handed_back = match handle.finish(Duration::from_secs(5)).await {
+        Ok(n) => n,
+        // An idle worker holds nothing that needs handing back now (anything it had
+        // fetched is recovered after the lease): Redis being away is no failure of its stop.
+        Err(e) if idle => {
+            tracing::warn!(error = %e, "Redis unreachable while stopping; this idle worker held no running job");
+            0
+        }
+        Err(e) => return Err(RuntimeError::HandBack(e)),
+    };
     health.abort();
     tracing::info!(handed_back, "worker stopped");
     telemetry.shutdown();

@@ -48,7 +48,14 @@ pub fn init_logging(
     otlp_endpoint: Option<&str>,
     service_name: &str,
 ) -> Result<Telemetry, TracingError> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // apalis logs its own "Worker <id> started" at info, a second start line beside ours
+    // (which says more): quiet unless RUST_LOG asks for apalis by name.
+    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("apalis"))
+        && let Ok(quiet) = "apalis_core::worker::context=warn".parse()
+    {
+        filter = filter.add_directive(quiet);
+    }
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         // Colour only for a person at a terminal, never into files or log collectors.

@@ -208,8 +208,13 @@ impl LimitMetrics {
 }
 
 impl Metrics {
-    pub fn new() -> Result<Self, prometheus::Error> {
-        let registry = Registry::new();
+    /// Every series carries `namespace` (the fleet) as a constant label, so that one
+    /// Prometheus scraping several fleets keeps them apart (`max by (role)` of two fleets
+    /// would mix two queues).
+    pub fn new(namespace: &str) -> Result<Self, prometheus::Error> {
+        let labels =
+            std::collections::HashMap::from([("namespace".to_owned(), namespace.to_owned())]);
+        let registry = Registry::new_custom(None, Some(labels))?;
         let jobs_total = IntCounterVec::new(
             Opts::new(
                 "agentfleet_jobs_total",
@@ -259,21 +264,21 @@ impl Metrics {
                 "Duration of one provider call, successful or not.",
             )
             .buckets(LLM_BUCKETS.to_vec()),
-            &["provider", "model"],
+            &["role", "provider", "model"],
         )?;
         let llm_errors_total = IntCounterVec::new(
             Opts::new(
                 "agentfleet_llm_errors_total",
                 "Failed provider calls by class (rate_limited, overloaded, transient, permanent).",
             ),
-            &["provider", "model", "class"],
+            &["role", "provider", "model", "class"],
         )?;
         let llm_tokens_total = IntCounterVec::new(
             Opts::new(
                 "agentfleet_llm_tokens_total",
                 "Tokens reported by the provider, by kind (prompt, completion).",
             ),
-            &["provider", "model", "kind"],
+            &["role", "provider", "model", "kind"],
         )?;
         let worker_info = IntGaugeVec::new(
             Opts::new(
@@ -348,17 +353,18 @@ impl Metrics {
             .set(1);
     }
 
-    /// Pre-creates the provider series.
-    pub fn init_provider(&self, provider: &str, model: &str) {
+    /// Pre-creates the provider series of a role (the LLM series carry the role that
+    /// called, so a dashboard tells reasoning's calls from synthesis's).
+    pub fn init_provider(&self, role: &str, provider: &str, model: &str) {
         self.llm_request_duration_seconds
-            .with_label_values(&[provider, model]);
+            .with_label_values(&[role, provider, model]);
         for kind in ["prompt", "completion"] {
             self.llm_tokens_total
-                .with_label_values(&[provider, model, kind]);
+                .with_label_values(&[role, provider, model, kind]);
         }
         for class in ["rate_limited", "overloaded", "transient", "permanent"] {
             self.llm_errors_total
-                .with_label_values(&[provider, model, class]);
+                .with_label_values(&[role, provider, model, class]);
         }
     }
 

@@ -85,7 +85,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let (conn, blocking_conn) = connect_worker(&args.redis).await?;
 
-    let metrics = Metrics::new().context("metrics registry")?;
+    let metrics = Metrics::new(namespace.as_str()).context("metrics registry")?;
     metrics.init_role(role, env!("CARGO_PKG_VERSION"), &worker_id);
     let observer_metrics = metrics.clone();
     let observer = Arc::new(move |disposition: Disposition, elapsed: Duration| {
