@@ -6,7 +6,9 @@ mod dlq;
 mod enqueue;
 mod inspect;
 mod limits;
+mod live;
 mod review;
+mod ui;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -112,6 +114,20 @@ enum Command {
     /// Tasks a guardrail parked for review: list, show, approve, reject.
     #[command(subcommand)]
     Review(review::ReviewCommand),
+    /// Live workers from the registry: role, host, version, provider, model, concurrency,
+    /// in flight, done, failed, up since, last heartbeat.
+    Workers {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Tasks newest first from the tasks index, filtered by status, metadata, role, age.
+    Tasks(live::TasksArgs),
+    /// Lifecycle events as they happen (a line each, and a throughput line per role on a
+    /// terminal); `--task` follows one task to its end and exits as `wait` does.
+    Watch(live::WatchArgs),
+    /// The web inspector: queues, live workers, tasks and their events, search, dead
+    /// letters with replay and purge, live updates. Loopback only unless given a token.
+    Ui(ui::UiArgs),
 }
 
 /// What every subcommand works with.
@@ -190,7 +206,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         },
     };
     let fleet = Fleet {
-        store: TaskStore::new(conn.clone(), namespace.clone(), cli.fleet.record_ttl()),
+        store: TaskStore::new(conn.clone(), namespace.clone(), cli.fleet.record_ttl())
+            .with_events_maxlen(cli.fleet.events_maxlen),
         namespace,
         pipeline,
         lease: cli.fleet.lease(),
@@ -222,6 +239,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Limits { json } => limits::run(&fleet, json).await,
         Command::Review(cmd) => review::run(&fleet, cmd).await,
+        Command::Workers { json } => live::workers(&fleet, json).await,
+        Command::Tasks(args) => live::tasks(&fleet, args).await,
+        Command::Watch(args) => live::watch(&fleet, args).await,
+        Command::Ui(args) => ui::run(fleet, args, cli.redis.clone()).await,
         // The bench makes its own namespaces (and its own Redis when none answers).
         Command::Bench(args) => agentfleet_bench::run(&cli.redis, args).await,
     }
