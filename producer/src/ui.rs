@@ -355,12 +355,11 @@ async fn tasks(State(app): State<Shared>, Query(q): Query<TaskQuery>) -> ApiResu
                 .map_err(|e: String| ApiError(StatusCode::BAD_REQUEST, e))?,
         );
     }
-    match q.q.map(|q| q.trim().to_owned()).filter(|q| !q.is_empty()) {
-        Some(text) => match text.split_once('=') {
+    if let Some(text) = q.q.map(|q| q.trim().to_owned()).filter(|q| !q.is_empty()) {
+        match text.split_once('=') {
             Some((k, v)) => filter.metadata = vec![(k.to_owned(), v.to_owned())],
             None => filter.text = Some(text),
-        },
-        None => {}
+        }
     }
     json(app.fleet.store.list_tasks(&filter).await?)
 }
@@ -416,7 +415,11 @@ async fn replay(State(app): State<Shared>, Path((role, id)): Path<(String, Strin
 }
 
 async fn purge(State(app): State<Shared>, Path((role, id)): Path<(String, String)>) -> ApiResult {
-    let purged = app.fleet.queue(&role)?.purge(&[id.clone()]).await?;
+    let purged = app
+        .fleet
+        .queue(&role)?
+        .purge(std::slice::from_ref(&id))
+        .await?;
     if purged == 0 {
         return Err(ApiError(
             StatusCode::NOT_FOUND,
