@@ -272,8 +272,10 @@ fn workers_lists_three_live_workers_then_two_within_the_lease_after_a_sigkill() 
         "{:?}",
         listed()
     );
+    // Within the lease (its last heartbeat was before the kill), plus one CLI run's time
+    // to see it.
     assert!(
-        killed.elapsed() <= Duration::from_secs(lease) + Duration::from_millis(500),
+        killed.elapsed() <= Duration::from_secs(lease) + Duration::from_secs(1),
         "gone after {:?}",
         killed.elapsed()
     );
