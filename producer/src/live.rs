@@ -223,7 +223,8 @@ pub async fn watch(fleet: &Fleet, args: WatchArgs) -> anyhow::Result<ExitCode> {
         fleet.queue(role)?;
     }
     let events = fleet.store.events();
-    if !events.enabled() {
+    // With events off, `--task` still follows the task's record (every 2 s).
+    if !events.enabled() && args.task.is_none() {
         return Err(usage!(
             "events are off (--events-maxlen 0): there is nothing to watch"
         ));
