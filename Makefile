@@ -9,7 +9,8 @@ demo:
 test: prerequisites test-rust deploy-check e2e-observability
 
 # A Redis at REDIS_URL (started if none answers) and the deployment tools (helm, promtool,
-# kubernetes-validate, docker-compose), installed once; both are quick when already there.
+# kubernetes-validate, docker-compose) and the inspector test's chromium and chromedriver,
+# installed once; both are quick when already there.
 prerequisites:
 	bash scripts/ensure-redis.sh
 	bash .ci/install-deploy-tools.sh

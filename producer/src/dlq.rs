@@ -264,28 +264,8 @@ pub async fn run(fleet: &Fleet, cmd: DlqCommand) -> anyhow::Result<ExitCode> {
             } else {
                 ids
             };
-            let mut pairs = Vec::with_capacity(ids.len());
-            let mut missing = Vec::new();
-            for id in &ids {
-                let Some(letter) = queue.dead_letter(id).await? else {
-                    missing.push(id.clone());
-                    continue;
-                };
-                pairs.push((id.clone(), reset(&letter.payload)));
-            }
-            // A task waiting for its first stage is `queued`; for a later one, `running`.
-            // Set before the push: a worker may finish the job before a later write lands.
-            let status = if fleet.pipeline.stage_of(&role) == Some(0) {
-                TaskStatus::Queued
-            } else {
-                TaskStatus::Running
-            };
-            for (id, _) in &pairs {
-                fleet.store.requeue_dead(id, status, &role).await?;
-            }
-            let replayed = queue.replay(&pairs).await.context("replay failed")?;
+            let (replayed, missing) = replay(fleet, &role, &ids).await?;
             println!("replayed {} dead letter(s) of {role}", replayed.len());
-            restart_unfinished_branches(fleet, &role, &replayed).await?;
             not_found_ids(&missing, &role, "replayed")
         }
         DlqCommand::Purge {
@@ -330,6 +310,38 @@ fn not_found_ids(missing: &[String], role: &str, what: &str) -> anyhow::Result<E
         "not {what}: no dead letter {} in {role} (never dead, already replayed or purged, or expired)",
         missing.join(", ")
     ))))
+}
+
+/// Replays dead letters of `role` (attempts reset): returns the ids replayed and the ids
+/// that were not dead letters of it. Shared by `dlq replay` and the inspector.
+pub async fn replay(
+    fleet: &Fleet,
+    role: &str,
+    ids: &[String],
+) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    let queue = fleet.queue(role)?;
+    let mut pairs = Vec::with_capacity(ids.len());
+    let mut missing = Vec::new();
+    for id in ids {
+        let Some(letter) = queue.dead_letter(id).await? else {
+            missing.push(id.clone());
+            continue;
+        };
+        pairs.push((id.clone(), reset(&letter.payload)));
+    }
+    // A task waiting for its first stage is `queued`; for a later one, `running`.
+    // Set before the push: a worker may finish the job before a later write lands.
+    let status = if fleet.pipeline.stage_of(role) == Some(0) {
+        TaskStatus::Queued
+    } else {
+        TaskStatus::Running
+    };
+    for (id, _) in &pairs {
+        fleet.store.requeue_dead(id, status, role).await?;
+    }
+    let replayed = queue.replay(&pairs).await.context("replay failed")?;
+    restart_unfinished_branches(fleet, role, &replayed).await?;
+    Ok((replayed, missing))
 }
 
 /// The entry to enqueue again: attempts back to zero, enqueued now, failure notes cleared. An entry that

@@ -6,8 +6,10 @@ mod dlq;
 mod enqueue;
 mod inspect;
 mod limits;
+mod live;
 mod progress;
 mod review;
+mod ui;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -162,6 +164,40 @@ enum Command {
         #[command(subcommand)]
         cmd: review::ReviewCommand,
     },
+    /// Live workers from the registry: role, host, version, provider, model, concurrency,
+    /// in flight, done, failed, up since, last heartbeat.
+    Workers {
+        #[command(flatten)]
+        ns: NamespaceArgs,
+        #[command(flatten)]
+        lease: LeaseArgs,
+        /// Print JSON instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Tasks newest first from the tasks index, filtered by status, metadata, role, age.
+    Tasks {
+        #[command(flatten)]
+        ns: NamespaceArgs,
+        #[command(flatten)]
+        args: live::TasksArgs,
+    },
+    /// Lifecycle events as they happen (a line each, and a throughput line per role on a
+    /// terminal); `--task` follows one task to its end and exits as `wait` does.
+    Watch {
+        #[command(flatten)]
+        ns: NamespaceArgs,
+        #[command(flatten)]
+        args: live::WatchArgs,
+    },
+    /// The web inspector: queues, live workers, tasks and their events, search, dead
+    /// letters with replay and purge, live updates. Loopback only unless given a token.
+    Ui {
+        #[command(flatten)]
+        ns: NamespaceArgs,
+        #[command(flatten)]
+        args: ui::UiArgs,
+    },
 }
 
 impl Command {
@@ -177,14 +213,19 @@ impl Command {
         match self {
             Command::Enqueue(a) => (Some(&a.ns), None, Some(&a.ttl)),
             Command::Cancel(a) => (Some(&a.ns), None, Some(&a.ttl)),
-            Command::Queues { ns, lease, .. } => (Some(ns), Some(lease), None),
+            Command::Queues { ns, lease, .. } | Command::Workers { ns, lease, .. } => {
+                (Some(ns), Some(lease), None)
+            }
             Command::Status { ns, .. }
             | Command::Wait { ns, .. }
             | Command::Dlq { ns, .. }
             | Command::DeleteNamespace { ns, .. }
             | Command::Pipeline { ns, .. }
             | Command::Limits { ns, .. }
-            | Command::Review { ns, .. } => (Some(ns), None, None),
+            | Command::Review { ns, .. }
+            | Command::Tasks { ns, .. }
+            | Command::Watch { ns, .. }
+            | Command::Ui { ns, .. } => (Some(ns), None, None),
             Command::Bench(_) => (None, None, None),
         }
     }
@@ -248,6 +289,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let namespace = Namespace::new(ns.map_or("agentfleet", |n| n.namespace.as_str()))
         .map_err(|e| usage!("--namespace: {e}"))?;
     let lease = lease.map_or_else(LeaseArgs::default_lease, LeaseArgs::lease);
+    let events_maxlen = ttl.map_or(agentfleet_queue::DEFAULT_EVENTS_MAXLEN, |t| t.events_maxlen);
     let ttl = ttl.map_or_else(RecordTtlArgs::default_record_ttl, RecordTtlArgs::record_ttl);
     if redis.tls_insecure {
         eprintln!(
@@ -282,7 +324,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         },
     };
     let fleet = Fleet {
-        store: TaskStore::new(conn.clone(), namespace.clone(), ttl),
+        store: TaskStore::new(conn.clone(), namespace.clone(), ttl)
+            .with_events_maxlen(events_maxlen),
         namespace,
         pipeline,
         lease,
@@ -337,6 +380,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Limits { json, .. } => limits::run(&fleet, json).await,
         Command::Review { cmd, .. } => review::run(&fleet, cmd).await,
+        Command::Workers { json, .. } => live::workers(&fleet, json).await,
+        Command::Tasks { args, .. } => live::tasks(&fleet, args).await,
+        Command::Watch { args, .. } => live::watch(&fleet, args).await,
+        Command::Ui { args, .. } => ui::run(fleet, args, redis.clone()).await,
         Command::Bench(args) => agentfleet_bench::run(&redis, args).await,
     }
 }

@@ -281,3 +281,96 @@ fn the_chart_mounts_redis_tls_secrets_and_points_the_flags_at_them() {
     // Off by default.
     assert!(!render(&[]).iter().any(|d| d["kind"] == "NetworkPolicy"));
 }
+
+/// Every environment variable `agentfleet COMMAND` reads, from its own `--help`.
+fn cli_env_vars(command: &str) -> BTreeSet<String> {
+    let out = Command::new(bin("agentfleet"))
+        .args([command, "--help"])
+        .output()
+        .expect("run agentfleet --help");
+    let help = String::from_utf8_lossy(&out.stdout);
+    help.split("[env: ")
+        .skip(1)
+        .filter_map(|part| part.split([']', '=']).next())
+        .map(|v| v.trim().to_owned())
+        .collect()
+}
+
+#[test]
+fn the_inspector_is_off_by_default_and_renders_a_deployment_and_service_with_its_token() {
+    let docs = render(&[]);
+    assert!(
+        !docs
+            .iter()
+            .any(|d| d["metadata"]["name"] == "af-agentfleet-inspector"),
+        "the inspector renders only when enabled"
+    );
+    // Enabled without a token Secret: refused (it listens on the pod's address).
+    let out = Command::new(helm())
+        .args(["template", "af"])
+        .arg(root().join("helm/agentfleet"))
+        .args(["--set", "inspector.enabled=true"])
+        .output()
+        .expect("run helm");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tokenSecret"));
+
+    let docs = render(&[
+        "inspector.enabled=true",
+        "inspector.tokenSecret.name=ui-token",
+        "redis.existingSecret=r",
+    ]);
+    let deployment = find(&docs, "Deployment", "af-agentfleet-inspector");
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let command: Vec<&str> = container["command"]
+        .as_sequence()
+        .expect("command")
+        .iter()
+        .filter_map(|c| c.as_str())
+        .collect();
+    assert_eq!(command, ["agentfleet", "ui", "--addr", "0.0.0.0:8080"]);
+    let known = cli_env_vars("ui");
+    let env = container["env"].as_sequence().expect("env");
+    for var in env {
+        let name = var["name"].as_str().expect("name");
+        assert!(
+            known.contains(name),
+            "the inspector sets {name}, which `agentfleet ui` does not read"
+        );
+    }
+    let token = env
+        .iter()
+        .find(|v| v["name"] == "AGENTFLEET_UI_TOKEN")
+        .expect("the token variable");
+    assert_eq!(token["valueFrom"]["secretKeyRef"]["name"], "ui-token");
+    // Not selected by the workers' NetworkPolicy, which admits only the metrics port.
+    let labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    assert_ne!(labels["app.kubernetes.io/name"], "agentfleet");
+    let service = find(&docs, "Service", "af-agentfleet-inspector");
+    assert_eq!(service["spec"]["type"], "ClusterIP");
+    assert_eq!(service["spec"]["selector"], *labels);
+}
+
+#[test]
+fn compose_runs_the_inspector_on_loopback_only() {
+    let compose: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(root().join("docker-compose.yml")).unwrap())
+            .unwrap();
+    let inspector = &compose["services"]["inspector"];
+    let ports = inspector["ports"].as_sequence().expect("ports");
+    assert!(!ports.is_empty());
+    for port in ports {
+        assert!(
+            port.as_str().is_some_and(|p| p.starts_with("127.0.0.1:")),
+            "{port:?}"
+        );
+    }
+    let known = cli_env_vars("ui");
+    for key in inspector["environment"].as_mapping().expect("env").keys() {
+        let key = key.as_str().unwrap();
+        assert!(
+            known.contains(key),
+            "compose's inspector sets {key}, which `agentfleet ui` does not read"
+        );
+    }
+}

@@ -162,6 +162,9 @@ fn fixed_keys(fleet: &Fleet) -> Vec<String> {
         .collect()
 }
 
+/// The event stream's cap in the 100,000-task run.
+const EVENTS_CAP: u64 = 10_000;
+
 #[test]
 fn after_100k_tasks_only_expiring_per_task_keys_remain() {
     let fleet = Fleet::new("bounded");
@@ -171,6 +174,7 @@ fn after_100k_tasks_only_expiring_per_task_keys_remain() {
             .worker(role)
             .arg("--concurrency", 200)
             .arg("--record-ttl-secs", ttl)
+            .arg("--events-maxlen", EVENTS_CAP)
             .spawn()
     };
     let _r = worker("reasoning");
@@ -179,6 +183,8 @@ fn after_100k_tasks_only_expiring_per_task_keys_remain() {
         "enqueue",
         "--record-ttl-secs",
         &ttl.to_string(),
+        "--events-maxlen",
+        &EVENTS_CAP.to_string(),
         "--count",
         "100000",
         "--prompt",
@@ -191,9 +197,20 @@ fn after_100k_tasks_only_expiring_per_task_keys_remain() {
         "{:?}",
         fleet.queue_counts()
     );
-    // Finished jobs leave nothing behind: what is not a per-task key is a small fixed set.
+    // Finished jobs leave nothing behind: what is not a per-task key is a small fixed set
+    // (now with the event stream, the tasks index and the two live workers' registry hashes).
     let fixed = fixed_keys(&fleet);
-    assert!(fixed.len() <= 8, "{} fixed keys: {fixed:?}", fixed.len());
+    assert!(fixed.len() <= 12, "{} fixed keys: {fixed:?}", fixed.len());
+    // 600,000 events went through the stream; it holds its cap (trimmed by whole nodes of
+    // at most 100 entries, `MAXLEN ~`).
+    let len: u64 = redis::cmd("XLEN")
+        .arg(fleet.ns().events())
+        .query(&mut fleet.conn())
+        .expect("XLEN");
+    assert!(
+        (EVENTS_CAP..=EVENTS_CAP + 100).contains(&len),
+        "the event stream holds {len}"
+    );
     // Every per-task key (record, idempotency key) expires within the record lifetime.
     let keys = fleet.keys();
     assert!(

@@ -34,7 +34,7 @@ use report::print_table;
 use scenarios::Bench;
 
 /// Every scenario, in the order they run.
-pub(crate) const SCENARIOS: [&str; 11] = [
+pub(crate) const SCENARIOS: [&str; 12] = [
     "enqueue-single",
     "enqueue-bulk",
     "drain-noop-c1",
@@ -44,6 +44,7 @@ pub(crate) const SCENARIOS: [&str; 11] = [
     "llm-bound-c500",
     "llm-bound-c5000",
     "chain-latency",
+    "drain-events",
     "redis-cost",
     "rss",
 ];

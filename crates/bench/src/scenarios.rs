@@ -84,6 +84,7 @@ impl Bench {
             "llm-bound-c500" => self.llm_bound(name, 500).await,
             "llm-bound-c5000" => self.llm_bound(name, 5_000).await,
             "chain-latency" => self.chain_latency().await,
+            "drain-events" => self.drain_events().await,
             "redis-cost" => self.redis_cost().await,
             "rss" => self.rss().await,
             other => Err(anyhow!("unknown scenario {other:?}")),
@@ -383,6 +384,61 @@ impl Bench {
             "redis_busy_pct",
             "  Redis CPU busy, % of one core (its one thread)",
             redis_secs / wall * 100.0,
+            "%",
+            None,
+        );
+        Ok(())
+    }
+
+    /// The lifecycle events' cost: the same drain by a real reasoning worker (concurrency
+    /// 50, a zero-latency mock LLM: every job is record start, record finish, chain, ack)
+    /// with events off (`--events-maxlen 0`) and on (the default cap).
+    pub(crate) async fn drain_events(&mut self) -> anyhow::Result<()> {
+        let n = self.sizes.cost;
+        let mut rates = Vec::new();
+        for (label, maxlen) in [("off", "0"), ("on", "100000")] {
+            let mut s = Scratch::new(self, "drain-events")?;
+            prefill_tasks(&s.queue("reasoning")?, &s.store(), n).await?;
+            let before = redis_snapshot(&mut s.conn).await?;
+            let t0 = Instant::now();
+            s.spawn(
+                "reasoning",
+                &[
+                    "--mock-latency-ms",
+                    "0",
+                    "--concurrency",
+                    "50",
+                    "--events-maxlen",
+                    maxlen,
+                ],
+            )?;
+            let done = s.wait_succeeded("reasoning", n).await?;
+            let after = redis_snapshot(&mut s.conn).await?;
+            drop(s);
+            let rate = n as f64 / done.duration_since(t0).as_secs_f64();
+            rates.push(rate);
+            self.figure(
+                "drain-events",
+                &format!("jobs_per_s_events_{label}"),
+                format!("real worker c50, events {label}: jobs/s ({n} jobs, from process start)"),
+                rate,
+                "/s",
+                None,
+            );
+            self.figure(
+                "drain-events",
+                &format!("redis_cpu_us_per_job_events_{label}"),
+                format!("  Redis CPU per job, events {label}"),
+                (after.cpu_secs - before.cpu_secs) * 1e6 / n as f64,
+                "µs",
+                None,
+            );
+        }
+        self.figure(
+            "drain-events",
+            "events_cost_pct",
+            "throughput lost to events (off → on)",
+            (1.0 - rates[1] / rates[0]) * 100.0,
             "%",
             None,
         );

@@ -73,6 +73,17 @@ pub struct RecordTtlArgs {
         default_value_t = DEFAULT_RECORD_TTL_SECS
     )]
     pub record_ttl_secs: u64,
+
+    /// Cap of the lifecycle event stream (`<namespace>:events`, trimmed approximately to
+    /// this many events); 0 turns events off. Every process of a fleet should agree.
+    #[arg(
+        long,
+        global = true,
+        env = "AGENTFLEET_EVENTS_MAXLEN",
+        value_name = "N",
+        default_value_t = crate::DEFAULT_EVENTS_MAXLEN
+    )]
+    pub events_maxlen: u64,
 }
 
 impl NamespaceArgs {

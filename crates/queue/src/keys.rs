@@ -70,6 +70,18 @@ impl Namespace {
         format!("{}:cancel:seq", self.0)
     }
 
+    /// STREAM of the fleet's lifecycle events, capped (`XADD MAXLEN ~`): its own slot, so
+    /// the process that ran a transition appends the event right after it (see events.rs).
+    pub fn events(&self) -> String {
+        format!("{}:events", self.0)
+    }
+
+    /// ZSET of task ids by enqueue time (ms): the newest-first listing of `agentfleet
+    /// tasks` and the inspector's search; trimmed to the record lifetime and a size cap.
+    pub fn tasks_index(&self) -> String {
+        format!("{}:tasks", self.0)
+    }
+
     /// STRING: the fleet's pipeline, recorded by its first producer or worker.
     pub fn pipeline(&self) -> String {
         format!("{}:pipeline", self.0)
@@ -179,6 +191,11 @@ impl QueueKeys {
     /// ZSET of live workers, scored by their last heartbeat (ms).
     pub fn workers(&self) -> String {
         format!("{}:workers", self.prefix)
+    }
+    /// HASH describing one live worker (role, host, version, provider, model, counters,
+    /// heartbeat), refreshed with a lease-long TTL by its heartbeat: the workers registry.
+    pub fn worker_info(&self, worker_id: &str) -> String {
+        format!("{}:worker:{worker_id}", self.prefix)
     }
     /// HASH of the entries one worker holds: entry → delivered at (ms).
     pub fn inflight(&self, worker_id: &str) -> String {
@@ -295,6 +312,7 @@ mod tests {
             keys.scheduled(),
             keys.workers(),
             keys.inflight("w1"),
+            keys.worker_info("w1"),
             keys.claim("w1"),
             keys.dead(),
             keys.dead_index(),

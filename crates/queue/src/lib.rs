@@ -14,12 +14,14 @@ mod backend;
 mod connection;
 mod dead_letter;
 mod error;
+mod events;
 mod fleet;
 mod keys;
 mod queue;
 mod review;
 mod scripts;
 mod store;
+mod tasks;
 
 pub use backend::{
     Delivery, Disposition, FailurePolicy, JobFailure, RedisBackend, WorkerHandle, WorkerOptions,
@@ -28,14 +30,18 @@ pub use backend::{
 pub use connection::{ConnectOptions, RedisArgs, RedisUrl, check_access, connect, connect_worker};
 pub use dead_letter::DeadLetter;
 pub use error::QueueError;
+pub use events::{DEFAULT_EVENTS_MAXLEN, Event, Events, NewEvent};
 pub use fleet::{
     FleetArgs, LeaseArgs, NamespaceArgs, PipelineArgs, RecordTtlArgs, agree_on_pipeline,
     delete_namespace, record_pipeline, recorded_pipeline,
 };
 pub use keys::{BudgetKeys, InvalidName, LimitKeys, Namespace, QueueKeys};
 pub use queue::{
-    Enqueued, Fetched, NewTask, PushEntry, Queue, QueueCounts, RecoveryReport, TaskControl,
-    lane_of, unreadable_id,
+    Enqueued, Fetched, NewTask, PushEntry, Queue, QueueCounts, RecoveredJobs, RecoveryReport,
+    TaskControl, lane_of, unreadable_id,
 };
 pub use review::{ParkedTask, ReviewCounts, ReviewWrite};
-pub use store::{Finished, StageData, StageFinish, StageStart, Started, Stopped, TaskStore};
+pub use store::{
+    Finished, StageData, StageFinish, StageStart, Started, Stopped, TASKS_INDEX_CAP, TaskStore,
+};
+pub use tasks::{TaskFilter, TaskSummary};

@@ -112,6 +112,17 @@ impl NewTask {
     }
 }
 
+/// What one worker's recovery did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveredJobs {
+    /// Entries put back in their lanes.
+    pub requeued: u64,
+    /// Job ids dead-lettered (out of attempts).
+    pub dead: Vec<String>,
+    /// Job ids of the entries put back (empty for an unreadable one).
+    pub requeued_ids: Vec<String>,
+}
+
 /// Entries handed to a worker, byte for byte as they are recorded in flight.
 pub type Fetched = Vec<Vec<u8>>;
 
@@ -266,7 +277,7 @@ impl Queue {
                     &t.control,
                 );
             }
-            // Batch membership in the same pipeline as the records (one RPUSH per batch
+           // Batch membership in the same pipeline as the records (one RPUSH per batch
             // and chunk; a chunk normally holds one batch).
             let mut batches: Vec<(&str, Vec<&str>)> = Vec::new();
             for t in chunk {
@@ -280,6 +291,7 @@ impl Queue {
             for (batch, ids) in &batches {
                 store.add_to_batch_into(&mut pipe, batch, ids);
             }
+            store.trim_index_into(&mut pipe, agentfleet_job::now_ms());
             let entries: Vec<PushEntry> = chunk.iter().map(|t| t.push.clone()).collect();
             let guarded = entries.iter().any(|e| e.idempotency_key.is_some());
             let known = self
@@ -326,6 +338,7 @@ impl Queue {
         // Another enqueue with the same key won the race between our read and our push: the
         // record we wrote guards nothing; remove it and name the winner.
         let _: () = conn.del(store.key(&task.task_id)).await?;
+        store.forget_indexed(&task.task_id).await?;
         let existing: Option<String> = conn.get(&idem).await?;
         Ok(Enqueued::Existing(
             existing.unwrap_or_else(|| task.task_id.clone()),
@@ -597,6 +610,50 @@ impl Queue {
             .await?)
     }
 
+    /// [`Queue::heartbeat`] that also writes the worker's registry record (`fields`), which
+    /// then lives `ttl` (a lease) unless the next heartbeat renews it.
+    pub async fn heartbeat_with(
+        &self,
+        worker_id: &str,
+        ttl: Duration,
+        fields: &[(&str, String)],
+    ) -> Result<u64, QueueError> {
+        let mut inv = SCRIPTS.heartbeat.key(self.keys.workers());
+        inv.key(self.keys.worker_info(worker_id))
+            .arg(worker_id)
+            .arg(ttl.as_millis().max(1) as u64);
+        for (name, value) in fields {
+            inv.arg(*name).arg(value);
+        }
+        Ok(inv.invoke_async(&mut self.conn.clone()).await?)
+    }
+
+    /// The registry records of this role's live workers (heartbeat within `lease`), by id.
+    pub async fn registered_workers(
+        &self,
+        lease: Duration,
+    ) -> Result<Vec<std::collections::BTreeMap<String, String>>, QueueError> {
+        let ids = self.live_workers(lease).await?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.hgetall(self.keys.worker_info(id));
+        }
+        let records: Vec<std::collections::BTreeMap<String, String>> =
+            pipe.query_async(&mut self.conn.clone()).await?;
+        Ok(ids
+            .into_iter()
+            .zip(records)
+            .filter(|(_, r)| !r.is_empty())
+            .map(|(id, mut r)| {
+                r.insert("id".to_owned(), id);
+                r
+            })
+            .collect())
+    }
+
     /// Workers other than `asking_worker` whose heartbeat is older than `lease` by Redis's
     /// clock (at most 100).
     pub async fn expired_workers(
@@ -625,12 +682,12 @@ impl Queue {
         let expired = self.expired_workers(lease, asking_worker).await?;
         let mut report = RecoveryReport::default();
         for worker in expired {
-            if let Some((requeued, dead)) = self
+            if let Some(jobs) = self
                 .recover_worker(&worker, lease, max_attempts, asking_worker)
                 .await?
             {
-                report.requeued += requeued;
-                report.dead.extend(dead);
+                report.requeued += jobs.requeued;
+                report.dead.extend(jobs.dead);
                 report.workers.push(worker);
             }
         }
@@ -646,7 +703,7 @@ impl Queue {
         lease: Duration,
         max_attempts: u32,
         asking_worker: &str,
-    ) -> Result<Option<(u64, Vec<String>)>, QueueError> {
+    ) -> Result<Option<RecoveredJobs>, QueueError> {
         let out: Vec<redis::Value> = SCRIPTS
             .recover
             .key(self.keys.workers())
@@ -671,15 +728,25 @@ impl Queue {
         let Ok(requeued) = u64::try_from(requeued) else {
             return Ok(None); // it heartbeated in the meantime
         };
-        let dead = values
+        let dead_count: usize = values
+            .next()
+            .and_then(|v| redis::from_redis_value(v).ok())
+            .unwrap_or(0);
+        let ids: Vec<String> = values
             .filter_map(|v| redis::from_redis_value::<String>(v).ok())
             .collect();
-        Ok(Some((requeued, dead)))
+        let dead = ids.iter().take(dead_count).cloned().collect();
+        let back = ids.into_iter().skip(dead_count).collect();
+        Ok(Some(RecoveredJobs {
+            requeued,
+            dead,
+            requeued_ids: back,
+        }))
     }
 
     /// Gives back everything `worker_id` holds and unregisters it (graceful shutdown).
     pub async fn hand_back(&self, worker_id: &str) -> Result<u64, QueueError> {
-        Ok(SCRIPTS
+        let n = SCRIPTS
             .handback
             .key(self.keys.inflight(worker_id))
             .key(self.keys.claim(worker_id))
@@ -687,7 +754,14 @@ impl Queue {
             .key(&self.lane_keys()[..])
             .arg(worker_id)
             .invoke_async(&mut self.conn.clone())
-            .await?)
+            .await?;
+        // Leaving the registry at once (a killed worker's record expires within a lease).
+        let _: i64 = self
+            .conn
+            .clone()
+            .del(self.keys.worker_info(worker_id))
+            .await?;
+        Ok(n)
     }
 
     /// Moves due retries (by Redis's clock) onto the pending list. Returns (moved, time

@@ -18,7 +18,7 @@ use agentfleet_job::{PendingReview, ReviewDecision, TaskStatus, now_ms};
 use redis::AsyncCommands;
 
 use crate::scripts::SCRIPTS;
-use crate::{DeadLetter, Queue, QueueError, TaskStore};
+use crate::{DeadLetter, NewEvent, Queue, QueueError, TaskStore};
 
 /// Most index entries expired per call.
 const EXPIRE_CHUNK: usize = 1_000;
@@ -237,6 +237,11 @@ impl TaskStore {
             .arg(self.ttl().as_millis() as u64)
             .invoke_async(&mut self.conn())
             .await?;
+        if outcome == "review" {
+            self.events()
+                .emit_one(NewEvent::new("parked", task_id).with("role", role))
+                .await;
+        }
         review_write(&outcome, key)
     }
 
@@ -269,6 +274,15 @@ impl TaskStore {
             inv.arg(role);
         }
         let outcome: String = inv.invoke_async(&mut self.conn()).await?;
+        if outcome == "approved" {
+            self.events()
+                .emit_one(
+                    NewEvent::new("approved", task_id)
+                        .with("role", &decision.role)
+                        .with("by", &decision.by),
+                )
+                .await;
+        }
         review_write(&outcome, key)
     }
 
@@ -294,6 +308,15 @@ impl TaskStore {
             .arg(self.ttl().as_millis() as u64)
             .invoke_async(&mut self.conn())
             .await?;
+        if outcome == "rejected" {
+            self.events()
+                .emit_one(
+                    NewEvent::new("rejected", task_id)
+                        .with("role", &decision.role)
+                        .with("by", &decision.by),
+                )
+                .await;
+        }
         review_write(&outcome, key)
     }
 

@@ -8,7 +8,11 @@ use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 
 use crate::scripts::SCRIPTS;
-use crate::{Namespace, QueueError};
+use crate::{Events, Namespace, NewEvent, QueueError};
+
+/// Most task ids the tasks index keeps (newest first); older ones still have their records
+/// until they expire, but `agentfleet tasks` and the inspector's search no longer list them.
+pub const TASKS_INDEX_CAP: usize = 1_000_000;
 
 /// Task records: one Redis HASH per task (`<namespace>:task:<id>`), flat fields so that
 /// `HGETALL` in redis-cli reads like the record. Per-role fields are `<role>.<field>`.
@@ -17,6 +21,8 @@ pub struct TaskStore {
     conn: ConnectionManager,
     namespace: Namespace,
     ttl: Duration,
+    /// Where each transition's lifecycle event goes, right after it.
+    events: Events,
 }
 
 /// A role starting on a task.
@@ -61,6 +67,8 @@ pub struct StageData {
 #[derive(Debug, Clone)]
 pub struct StageFinish<'a> {
     pub role: &'a str,
+    /// The worker finishing it (for the `stage_done` event).
+    pub worker_id: &'a str,
     pub output: &'a str,
     /// Every role of this stage (parallel roles are joined: the stage completes when all
     /// have finished).
@@ -96,16 +104,36 @@ pub enum Finished {
 }
 
 impl TaskStore {
+    /// A store whose transitions append events to a stream capped at
+    /// [`crate::DEFAULT_EVENTS_MAXLEN`]; see [`TaskStore::with_events_maxlen`].
     pub fn new(conn: ConnectionManager, namespace: Namespace, ttl: Duration) -> Self {
+        let events = Events::new(conn.clone(), &namespace, crate::DEFAULT_EVENTS_MAXLEN);
         Self {
             conn,
             namespace,
             ttl,
+            events,
         }
+    }
+
+    /// Caps the event stream at `maxlen` (`--events-maxlen`; 0 turns events off).
+    pub fn with_events_maxlen(mut self, maxlen: u64) -> Self {
+        self.events = Events::new(self.conn.clone(), &self.namespace, maxlen);
+        self
+    }
+
+    /// The namespace's event stream (reading, and appending the events of transitions made
+    /// outside the store: enqueue, recovery).
+    pub fn events(&self) -> &Events {
+        &self.events
     }
 
     pub fn ttl(&self) -> Duration {
         self.ttl
+    }
+
+    pub(crate) fn namespace_ref(&self) -> &Namespace {
+        &self.namespace
     }
 
     pub(crate) fn conn(&self) -> ConnectionManager {
@@ -199,6 +227,27 @@ impl TaskStore {
         }
         pipe.hset_multiple(&key, &fields).ignore();
         pipe.pexpire(&key, self.ttl.as_millis() as i64).ignore();
+        pipe.zadd(self.namespace.tasks_index(), task_id, created_at_ms)
+            .ignore();
+        let mut event = NewEvent::new("enqueued", task_id);
+        if !control.lane.is_normal() {
+            event = event.with("lane", control.lane.as_str());
+        }
+        self.events.add_to(pipe, &event);
+    }
+
+    /// Adds the trimming of the tasks index to `pipe` (once per enqueue round trip): ids
+    /// older than a record lifetime go (their records expired with them), then the oldest
+    /// beyond [`TASKS_INDEX_CAP`]; the index itself lives a record lifetime after the last
+    /// enqueue.
+    pub fn trim_index_into(&self, pipe: &mut redis::Pipeline, now_ms: u64) {
+        let index = self.namespace.tasks_index();
+        let oldest = now_ms.saturating_sub(self.ttl.as_millis() as u64);
+        pipe.zrembyscore(&index, "-inf", format!("({oldest}"))
+            .ignore();
+        pipe.zremrangebyrank(&index, 0, -(TASKS_INDEX_CAP as isize) - 1)
+            .ignore();
+        pipe.pexpire(&index, self.ttl.as_millis() as i64).ignore();
     }
 
     /// Notes that a role started on the task and reads what it works from: prompt,
@@ -253,6 +302,14 @@ impl TaskStore {
             .zip(values)
             .filter_map(|(role, output)| Some((role.clone(), output?)))
             .collect();
+        self.events
+            .emit_one(
+                NewEvent::new("started", task_id)
+                    .with("role", start.role)
+                    .with("worker", start.worker_id)
+                    .with("attempt", start.attempt),
+            )
+            .await;
         Ok(Started::Ready(StageData {
             deadline_in,
             prompt,
@@ -293,6 +350,22 @@ impl TaskStore {
             .arg(format!("{role}.completion_tokens"))
             .arg(finish.usage.completion_tokens);
         let outcome: String = inv.invoke_async(&mut self.conn.clone()).await?;
+        if outcome == "waiting" || outcome == "complete" {
+            let mut events = vec![
+                NewEvent::new("stage_done", task_id)
+                    .with("role", role)
+                    .with("worker", finish.worker_id)
+                    .with("ms", now.saturating_sub(finish.started_at_ms))
+                    .with(
+                        "tokens",
+                        finish.usage.prompt_tokens + finish.usage.completion_tokens,
+                    ),
+            ];
+            if outcome == "complete" && finish.last {
+                events.push(NewEvent::new("done", task_id).with("role", role));
+            }
+            self.events.emit(&events).await;
+        }
         Ok(match outcome.as_str() {
             "gone" => Finished::Gone,
             "waiting" => Finished::Waiting,
@@ -323,6 +396,16 @@ impl TaskStore {
             .arg(self.ttl.as_millis() as u64)
             .invoke_async(&mut self.conn.clone())
             .await?;
+        if marked == 1 {
+            self.events
+                .emit_one(
+                    NewEvent::new("dead", task_id)
+                        .with("role", role)
+                        .with("attempt", attempts)
+                        .with("error", capped(reason)),
+                )
+                .await;
+        }
         Ok(marked == 1)
     }
 
@@ -345,6 +428,16 @@ impl TaskStore {
             .arg(now)
             .invoke_async(&mut self.conn.clone())
             .await?;
+        if noted == 1 {
+            self.events
+                .emit_one(
+                    NewEvent::new("retried", task_id)
+                        .with("role", role)
+                        .with("delay_ms", delay.as_millis())
+                        .with("error", capped(error)),
+                )
+                .await;
+        }
         Ok(noted == 1)
     }
 
@@ -417,6 +510,17 @@ impl TaskStore {
                     }
                 });
             }
+        }
+        let stopped: Vec<NewEvent> = task_ids
+            .iter()
+            .zip(&out)
+            .filter(|(_, o)| matches!(o, Some(Stopped::Now(_))))
+            .map(|(id, _)| {
+                NewEvent::new(status.as_str(), id.as_str()).with("reason", capped(reason))
+            })
+            .collect();
+        for chunk in stopped.chunks(1_000) {
+            self.events.emit(chunk).await;
         }
         if out.iter().any(|o| matches!(o, Some(Stopped::Now(_)))) {
             let _: i64 = conn.incr(self.namespace.cancel_seq(), 1).await?;
@@ -494,6 +598,11 @@ impl TaskStore {
             .arg(role)
             .invoke_async(&mut self.conn.clone())
             .await?;
+        if changed == 1 {
+            self.events
+                .emit_one(NewEvent::new("replayed", task_id).with("role", role))
+                .await;
+        }
         Ok(changed == 1)
     }
 
@@ -524,6 +633,11 @@ impl TaskStore {
             .map(|s| s.and_then(|s| s.parse().ok()))
             .collect())
     }
+}
+
+/// An error or reason as an event carries it: its first 300 characters.
+fn capped(text: &str) -> String {
+    text.chars().take(300).collect()
 }
 
 fn parse_record(task_id: &str, mut f: HashMap<String, String>) -> Result<TaskRecord, String> {

@@ -327,6 +327,7 @@ impl RoleContext {
                 &task_id,
                 &StageFinish {
                     role: self.role,
+                    worker_id: &self.worker_id,
                     output: &output,
                     stage_roles,
                     last,

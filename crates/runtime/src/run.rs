@@ -273,7 +273,8 @@ pub async fn run<H: RoleHandler>(
     let queue = Queue::new(conn.clone(), &namespace, role)?
         .with_idempotency_ttl(args.record_ttl())
         .with_lane_shares(args.lane_shares);
-    let store = TaskStore::new(conn.clone(), namespace.clone(), args.record_ttl());
+    let store = TaskStore::new(conn.clone(), namespace.clone(), args.record_ttl())
+        .with_events_maxlen(args.fleet.record_ttl.events_maxlen);
 
     let addr = match args.metrics_addr {
         Some(addr) => addr,
@@ -332,6 +333,21 @@ pub async fn run<H: RoleHandler>(
             longest_cooldown: args.policy().backoff_max,
         },
     )?;
+    let registry = vec![
+        ("role", role.to_owned()),
+        (
+            "host",
+            hostname::get()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_default(),
+        ),
+        ("version", env!("CARGO_PKG_VERSION").to_owned()),
+        ("provider", provider.name().to_owned()),
+        ("model", provider.model().to_owned()),
+        ("concurrency", args.concurrency.max(1).to_string()),
+        ("started_at_ms", agentfleet_job::now_ms().to_string()),
+    ];
     let observer_metrics = metrics.clone();
     let observer = Arc::new(move |disposition: Disposition, elapsed: Duration| {
         if !matches!(disposition, Disposition::LeaseLost | Disposition::Unsettled) {
@@ -350,6 +366,7 @@ pub async fn run<H: RoleHandler>(
                 job_span(task_id, role, attempt, traceparent)
             },
         )),
+        registry,
     };
     let (backend, handle) = RedisBackend::start(
         queue.clone(),

@@ -107,6 +107,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             backoff_max: Duration::from_secs(300),
         },
         dead_letter_retention: args.fleet.record_ttl(),
+        registry: Vec::new(),
         job_span: Some(Arc::new(
             |task_id: &str, role: &str, attempt: u32, traceparent: Option<&str>| {
                 job_span(task_id, role, attempt, traceparent)

@@ -2,7 +2,7 @@
 //! discipline every Redis operation outside the fetch follows.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,10 @@ pub struct WorkerStatus {
     redis_up: AtomicBool,
     draining: AtomicBool,
     running: AtomicUsize,
+    /// Jobs settled as succeeded (the registry's `done`).
+    done: AtomicU64,
+    /// Jobs settled as retried or dead-lettered (the registry's `failed`).
+    failed: AtomicU64,
     redis_error: Mutex<Option<String>>,
     failure: Mutex<Option<String>>,
 }
@@ -52,6 +56,22 @@ impl WorkerStatus {
     }
     pub(super) fn set_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
+    }
+    /// Jobs this worker finished successfully.
+    pub fn done(&self) -> u64 {
+        self.done.load(Ordering::Relaxed)
+    }
+    /// Jobs of this worker that failed (retried or dead-lettered).
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+    pub(super) fn count(&self, disposition: super::Disposition) {
+        use super::Disposition as D;
+        match disposition {
+            D::Succeeded => self.done.fetch_add(1, Ordering::Relaxed),
+            D::Retried | D::Dead => self.failed.fetch_add(1, Ordering::Relaxed),
+            _ => 0,
+        };
     }
     pub(super) fn job_started(&self) {
         self.running.fetch_add(1, Ordering::Relaxed);

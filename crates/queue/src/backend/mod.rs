@@ -162,6 +162,10 @@ pub struct WorkerOptions {
     pub dead_letter_retention: Duration,
     /// The job span (default: `job{task_id, role, attempt, trace_id}` with no parent).
     pub job_span: Option<SpanFactory>,
+    /// What the workers registry shows of this worker besides its counters (role, host,
+    /// version, provider, model, concurrency, started at): written with every heartbeat.
+    /// Empty: the worker keeps no registry record.
+    pub registry: Vec<(&'static str, String)>,
 }
 
 impl std::fmt::Debug for WorkerOptions {

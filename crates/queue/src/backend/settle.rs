@@ -87,6 +87,7 @@ where
                 let result = fut.await.map_err(Into::into);
                 let disposition = settle(&shared, &delivery, result.as_ref().err()).await;
                 shared.status().job_settled();
+                shared.status().count(disposition);
                 shared.slots.add_permits(1);
                 if let Some(observer) = &shared.observer {
                     observer(disposition, delivery.elapsed());

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::Shared;
+use crate::NewEvent;
 
 /// Renews the worker's lease every third of a lease; while Redis does not answer, tries
 /// again every 250 ms so that the heartbeat is the first thing renewed when it does.
@@ -15,7 +16,20 @@ pub(super) async fn heartbeat_loop(shared: Arc<Shared>) {
     let mut failing = false;
     loop {
         let started = Instant::now();
-        match shared.queue.heartbeat(shared.worker_id()).await {
+        let beat = if shared.options.registry.is_empty() {
+            shared.queue.heartbeat(shared.worker_id()).await
+        } else {
+            let status = shared.status();
+            let mut fields = shared.options.registry.clone();
+            fields.push(("in_flight", status.running().to_string()));
+            fields.push(("done", status.done().to_string()));
+            fields.push(("failed", status.failed().to_string()));
+            shared
+                .queue
+                .heartbeat_with(shared.worker_id(), lease, &fields)
+                .await
+        };
+        match beat {
             Ok(_) => {
                 let took = started.elapsed();
                 if took > lease / 4 {
@@ -115,8 +129,8 @@ async fn recover(shared: &Shared) {
             .queue
             .recover_worker(&worker, opts.lease, opts.policy.max_attempts, me)
             .await;
-        let (requeued, dead) = match recovered {
-            Ok(Some(report)) => report,
+        let jobs = match recovered {
+            Ok(Some(jobs)) => jobs,
             Ok(None) => continue,
             Err(e) => {
                 shared.health.failed("recover expired worker", &e);
@@ -126,11 +140,27 @@ async fn recover(shared: &Shared) {
         };
         tracing::warn!(
             worker = %worker,
-            requeued,
-            dead = dead.len(),
+            requeued = jobs.requeued,
+            dead = jobs.dead.len(),
             "recovered the jobs of a worker whose lease expired"
         );
         let Some(store) = &shared.store else { continue };
+        let role = shared.queue.role();
+        let events: Vec<NewEvent> = jobs
+            .requeued_ids
+            .iter()
+            .filter(|id| !id.is_empty())
+            .map(|id| {
+                NewEvent::new("recovered", id.as_str())
+                    .with("role", role)
+                    .with("from_worker", &worker)
+                    .with("worker", me)
+            })
+            .collect();
+        for chunk in events.chunks(1_000) {
+            store.events().emit(chunk).await;
+        }
+        let dead = jobs.dead;
         let role = shared.queue.role();
         let reason =
             format!("{role}: crash: its worker died while running it on the last allowed attempt");

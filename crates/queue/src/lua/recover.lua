@@ -7,7 +7,7 @@
 -- The lease is compared on Redis's clock (TIME), the only one every worker shares.
 -- An entry whose delivery count has reached max attempts is dead-lettered (class "crash"):
 -- a job that kills every worker that runs it ends there instead of looping.
--- Returns {requeued, dead job id, ...}, or {-1} when the worker is alive after all (or is
+-- Returns {requeued, dead count, dead job id, ..., requeued job id, ...}, or {-1} when the worker is alive after all (or is
 -- the one asking).
 if ARGV[1] == ARGV[5] then return {-1} end
 local now = now_ms()
@@ -49,6 +49,9 @@ if #dead > 0 then redis.call('HINCRBY', KEYS[10], 'dead', #dead) end
 redis.call('HINCRBY', KEYS[10], 'recovered', #requeue)
 redis.call('DEL', KEYS[2], KEYS[3])
 redis.call('ZREM', KEYS[1], ARGV[1])
-local out = {#requeue}
+local out = {#requeue, #dead}
 for i = 1, #dead do out[#out + 1] = dead[i] end
+for i = 1, #requeue do
+  out[#out + 1] = string.match(requeue[i], '"id":"([^"]*)"') or ''
+end
 return out
