@@ -67,6 +67,10 @@ pub struct StageFinish<'a> {
     pub stage_roles: &'a [String],
     /// The pipeline's last stage: completing it makes the task `done`.
     pub last: bool,
+    /// The role's stage index in the pipeline.
+    pub stage: u32,
+    pub attempt: u32,
+    pub worker_id: &'a str,
     pub started_at_ms: u64,
     pub provider: &'a str,
     pub model: &'a str,
@@ -162,6 +166,71 @@ impl TaskStore {
         pipe.pexpire(&key, self.ttl.as_millis() as i64).ignore();
     }
 
+    /// Reads what a role works from with one plain `HMGET`, writing nothing: the start of
+    /// most stages (a first attempt of a task with no deadline), whose start the finish
+    /// writes (`record_finish.lua`) or, for a stage still running after a second,
+    /// [`TaskStore::start_stage`]. `None` when the stage must start with
+    /// `start_stage` instead: a deadline to check on Redis's clock, a re-run (the role has
+    /// a state or an output), a task in review.
+    pub async fn read_stage(
+        &self,
+        task_id: &str,
+        role: &str,
+        inputs: &[String],
+    ) -> Result<Option<Started>, QueueError> {
+        let key = self.namespace.task(task_id);
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(&key)
+            .arg("status")
+            .arg("deadline_ms")
+            .arg(format!("{role}.state"))
+            .arg(format!("{role}.output"))
+            .arg("prompt")
+            .arg("metadata");
+        for input in inputs {
+            cmd.arg(format!("{input}.output"));
+        }
+        let values: Vec<Option<String>> = cmd.query_async(&mut self.conn.clone()).await?;
+        let mut values = values.into_iter();
+        let Some(status) = values.next().flatten() else {
+            return Ok(Some(Started::Gone));
+        };
+        let status: TaskStatus = status
+            .parse()
+            .map_err(|reason| QueueError::Corrupt { key, reason })?;
+        if status.is_terminal() {
+            return Ok(Some(Started::Finished(status)));
+        }
+        let deadline = values.next().flatten();
+        let state = values.next().flatten();
+        let own_output = values.next().flatten();
+        if status == TaskStatus::Review
+            || deadline.is_some()
+            || state.is_some()
+            || own_output.is_some()
+        {
+            return Ok(None);
+        }
+        let prompt = values.next().flatten().unwrap_or_default();
+        let metadata = values
+            .next()
+            .flatten()
+            .and_then(|m| serde_json::from_str::<BTreeMap<String, String>>(&m).ok())
+            .unwrap_or_default();
+        let inputs = inputs
+            .iter()
+            .zip(values)
+            .filter_map(|(role, output)| Some((role.clone(), output?)))
+            .collect();
+        Ok(Some(Started::Ready(StageData {
+            deadline_in: None,
+            prompt,
+            metadata,
+            own_output: None,
+            inputs,
+        })))
+    }
+
     /// Notes that a role started on the task and reads what it works from: prompt,
     /// metadata, the outputs of the stage before, and its own output if an earlier attempt
     /// stored one. One round trip.
@@ -239,11 +308,16 @@ impl TaskStore {
             .arg(if finish.last { "1" } else { "0" })
             // A finished task lives a full TTL from now.
             .arg(self.ttl.as_millis() as u64)
+            .arg(finish.stage)
             .arg(finish.stage_roles.len());
         for r in finish.stage_roles {
             inv.arg(r);
         }
-        inv.arg(format!("{role}.started_at_ms"))
+        inv.arg(format!("{role}.attempts"))
+            .arg(finish.attempt)
+            .arg(format!("{role}.worker_id"))
+            .arg(finish.worker_id)
+            .arg(format!("{role}.started_at_ms"))
             .arg(finish.started_at_ms)
             .arg(format!("{role}.provider"))
             .arg(finish.provider)

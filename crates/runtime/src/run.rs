@@ -358,6 +358,12 @@ pub async fn run<H: RoleHandler>(
     );
 
     let running = Arc::new(crate::control::RunningTasks::default());
+    let chain = Arc::new(crate::chain::ChainPushers::spawn(
+        &conn,
+        &namespace,
+        pipeline.stage(stage + 1).unwrap_or_default(),
+        args.record_ttl(),
+    )?);
     let ctx_store = store.clone();
     let ctx = Arc::new(RoleContext {
         role,
@@ -368,9 +374,9 @@ pub async fn run<H: RoleHandler>(
         limits: args.limits(),
         pipeline,
         stage,
-        conn,
         running: running.clone(),
         guard,
+        chain,
     });
     let service = RoleService {
         handler: Arc::new(handler),
