@@ -38,4 +38,6 @@ pub use queue::{
     lane_of, unreadable_id,
 };
 pub use review::{ParkedTask, ReviewCounts, ReviewWrite};
-pub use store::{Finished, StageData, StageFinish, StageStart, Started, Stopped, TaskStore};
+pub use store::{
+    Finished, RoleFields, StageData, StageFinish, StageStart, Started, Stopped, TaskStore,
+};

@@ -19,6 +19,44 @@ pub struct TaskStore {
     ttl: Duration,
 }
 
+/// The record's field names of one role (`<role>.output`, ...), made once per worker
+/// rather than once per job.
+#[derive(Debug, Clone)]
+pub struct RoleFields {
+    pub role: String,
+    state: String,
+    output: String,
+    attempts: String,
+    worker_id: String,
+    started_at_ms: String,
+    provider: String,
+    model: String,
+    prompt_tokens: String,
+    completion_tokens: String,
+}
+
+impl RoleFields {
+    pub fn new(role: &str) -> Self {
+        let field = |name: &str| format!("{role}.{name}");
+        Self {
+            role: role.to_owned(),
+            state: field("state"),
+            output: field("output"),
+            attempts: field("attempts"),
+            worker_id: field("worker_id"),
+            started_at_ms: field("started_at_ms"),
+            provider: field("provider"),
+            model: field("model"),
+            prompt_tokens: field("prompt_tokens"),
+            completion_tokens: field("completion_tokens"),
+        }
+    }
+
+    pub fn output(&self) -> &str {
+        &self.output
+    }
+}
+
 /// A role starting on a task.
 #[derive(Debug, Clone)]
 pub struct StageStart<'a> {
@@ -60,7 +98,7 @@ pub struct StageData {
 /// A role finishing a task's stage.
 #[derive(Debug, Clone)]
 pub struct StageFinish<'a> {
-    pub role: &'a str,
+    pub role: &'a RoleFields,
     pub output: &'a str,
     /// Every role of this stage (parallel roles are joined: the stage completes when all
     /// have finished).
@@ -175,20 +213,20 @@ impl TaskStore {
     pub async fn read_stage(
         &self,
         task_id: &str,
-        role: &str,
-        inputs: &[String],
+        role: &RoleFields,
+        input_outputs: &[String],
     ) -> Result<Option<Started>, QueueError> {
         let key = self.namespace.task(task_id);
         let mut cmd = redis::cmd("HMGET");
         cmd.arg(&key)
             .arg("status")
             .arg("deadline_ms")
-            .arg(format!("{role}.state"))
-            .arg(format!("{role}.output"))
+            .arg(&role.state)
+            .arg(&role.output)
             .arg("prompt")
             .arg("metadata");
-        for input in inputs {
-            cmd.arg(format!("{input}.output"));
+        for field in input_outputs {
+            cmd.arg(field);
         }
         let values: Vec<Option<String>> = cmd.query_async(&mut self.conn.clone()).await?;
         let mut values = values.into_iter();
@@ -217,10 +255,13 @@ impl TaskStore {
             .flatten()
             .and_then(|m| serde_json::from_str::<BTreeMap<String, String>>(&m).ok())
             .unwrap_or_default();
-        let inputs = inputs
+        let inputs = input_outputs
             .iter()
             .zip(values)
-            .filter_map(|(role, output)| Some((role.clone(), output?)))
+            .filter_map(|(field, output)| {
+                let role = field.strip_suffix(".output").unwrap_or(field);
+                Some((role.to_owned(), output?))
+            })
             .collect();
         Ok(Some(Started::Ready(StageData {
             deadline_in: None,
@@ -300,9 +341,9 @@ impl TaskStore {
         finish: &StageFinish<'_>,
     ) -> Result<Finished, QueueError> {
         let now = now_ms();
-        let role = finish.role;
+        let fields = finish.role;
         let mut inv = SCRIPTS.record_finish.key(self.namespace.task(task_id));
-        inv.arg(role)
+        inv.arg(&fields.role)
             .arg(finish.output)
             .arg(now)
             .arg(if finish.last { "1" } else { "0" })
@@ -313,19 +354,19 @@ impl TaskStore {
         for r in finish.stage_roles {
             inv.arg(r);
         }
-        inv.arg(format!("{role}.attempts"))
+        inv.arg(&fields.attempts)
             .arg(finish.attempt)
-            .arg(format!("{role}.worker_id"))
+            .arg(&fields.worker_id)
             .arg(finish.worker_id)
-            .arg(format!("{role}.started_at_ms"))
+            .arg(&fields.started_at_ms)
             .arg(finish.started_at_ms)
-            .arg(format!("{role}.provider"))
+            .arg(&fields.provider)
             .arg(finish.provider)
-            .arg(format!("{role}.model"))
+            .arg(&fields.model)
             .arg(finish.model)
-            .arg(format!("{role}.prompt_tokens"))
+            .arg(&fields.prompt_tokens)
             .arg(finish.usage.prompt_tokens)
-            .arg(format!("{role}.completion_tokens"))
+            .arg(&fields.completion_tokens)
             .arg(finish.usage.completion_tokens);
         let outcome: String = inv.invoke_async(&mut self.conn.clone()).await?;
         Ok(match outcome.as_str() {

@@ -3,13 +3,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use agentfleet_job::{
-    Envelope, JobError, LimitError, Limits, Pipeline, StageJob, TaskStatus, TokenUsage,
-    TraceContext, now_ms,
+    DecodeError, Envelope, JobError, LimitError, Limits, Pipeline, StageJob, TaskStatus,
+    TokenUsage, TraceContext, now_ms,
 };
 use agentfleet_providers::{CompletionRequest, Provider, ProviderError};
 use agentfleet_queue::{
-    Delivery, Finished, JobFailure, Namespace, PushEntry, QueueError, StageFinish, StageStart,
-    Started, TaskStore,
+    Delivery, Finished, JobFailure, Namespace, PushEntry, QueueError, RoleFields, StageFinish,
+    StageStart, Started, TaskStore,
 };
 use agentfleet_telemetry::Metrics;
 
@@ -142,6 +142,9 @@ pub struct RoleContext {
     pub(crate) guard: Option<crate::guard::StageGuard>,
     /// Pushes the next stage's jobs, batched across jobs.
     pub(crate) chain: Arc<crate::chain::ChainPushers>,
+    /// This role's record fields, and those of the outputs it reads (the stage before's).
+    pub(crate) fields: Arc<RoleFields>,
+    pub(crate) input_fields: Arc<[String]>,
 }
 
 /// One task at this role's stage, as a handler receives it.
@@ -227,11 +230,12 @@ impl RoleContext {
         &self,
         handler: &H,
         delivery: &Delivery,
+        job: Result<Envelope<StageJob>, DecodeError>,
     ) -> Result<(), JobFailure> {
         self.limits
             .check_entry(delivery.raw().len())
             .map_err(too_large)?;
-        let job: Envelope<StageJob> = delivery.decode()?;
+        let job = job?;
         if job.args.stage as usize != self.stage {
             return Err(JobError::permanent(format!(
                 "this entry is for stage {} but the {} role runs stage {} of the pipeline {:?}",
@@ -259,7 +263,7 @@ impl RoleContext {
         // a re-run, a deadline or a review starts with the start script.
         let (started, noted) = match self
             .store
-            .read_stage(&task_id, self.role, inputs)
+            .read_stage(&task_id, &self.fields, &self.input_fields)
             .await
             .map_err(redis_failure)?
         {
@@ -343,7 +347,7 @@ impl RoleContext {
             .finish_stage(
                 &task_id,
                 &StageFinish {
-                    role: self.role,
+                    role: &self.fields,
                     output: &output,
                     stage_roles,
                     last,
