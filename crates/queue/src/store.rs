@@ -25,6 +25,44 @@ pub struct TaskStore {
     events: Events,
 }
 
+/// The record's field names of one role (`<role>.output`, ...), made once per worker
+/// rather than once per job.
+#[derive(Debug, Clone)]
+pub struct RoleFields {
+    pub role: String,
+    state: String,
+    output: String,
+    attempts: String,
+    worker_id: String,
+    started_at_ms: String,
+    provider: String,
+    model: String,
+    prompt_tokens: String,
+    completion_tokens: String,
+}
+
+impl RoleFields {
+    pub fn new(role: &str) -> Self {
+        let field = |name: &str| format!("{role}.{name}");
+        Self {
+            role: role.to_owned(),
+            state: field("state"),
+            output: field("output"),
+            attempts: field("attempts"),
+            worker_id: field("worker_id"),
+            started_at_ms: field("started_at_ms"),
+            provider: field("provider"),
+            model: field("model"),
+            prompt_tokens: field("prompt_tokens"),
+            completion_tokens: field("completion_tokens"),
+        }
+    }
+
+    pub fn output(&self) -> &str {
+        &self.output
+    }
+}
+
 /// A role starting on a task.
 #[derive(Debug, Clone)]
 pub struct StageStart<'a> {
@@ -66,15 +104,17 @@ pub struct StageData {
 /// A role finishing a task's stage.
 #[derive(Debug, Clone)]
 pub struct StageFinish<'a> {
-    pub role: &'a str,
-    /// The worker finishing it (for the `stage_done` event).
-    pub worker_id: &'a str,
+    pub role: &'a RoleFields,
     pub output: &'a str,
     /// Every role of this stage (parallel roles are joined: the stage completes when all
     /// have finished).
     pub stage_roles: &'a [String],
     /// The pipeline's last stage: completing it makes the task `done`.
     pub last: bool,
+    /// The role's stage index in the pipeline.
+    pub stage: u32,
+    pub attempt: u32,
+    pub worker_id: &'a str,
     pub started_at_ms: u64,
     pub provider: &'a str,
     pub model: &'a str,
@@ -250,6 +290,84 @@ impl TaskStore {
         pipe.pexpire(&index, self.ttl.as_millis() as i64).ignore();
     }
 
+    /// Reads what a role works from with one plain `HMGET`, writing nothing: the start of
+    /// most stages (a first attempt of a task with no deadline), whose start the finish
+    /// writes (`record_finish.lua`) or, for a stage still running after a second,
+    /// [`TaskStore::start_stage`]. `None` when the stage must start with
+    /// `start_stage` instead: a deadline to check on Redis's clock, a re-run (the role has
+    /// a state or an output), a task in review.
+    pub async fn read_stage(
+        &self,
+        task_id: &str,
+        role: &RoleFields,
+        input_outputs: &[String],
+        worker_id: &str,
+        attempt: u32,
+    ) -> Result<Option<Started>, QueueError> {
+        let key = self.namespace.task(task_id);
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(&key)
+            .arg("status")
+            .arg("deadline_ms")
+            .arg(&role.state)
+            .arg(&role.output)
+            .arg("prompt")
+            .arg("metadata");
+        for field in input_outputs {
+            cmd.arg(field);
+        }
+        let values: Vec<Option<String>> = cmd.query_async(&mut self.conn.clone()).await?;
+        let mut values = values.into_iter();
+        let Some(status) = values.next().flatten() else {
+            return Ok(Some(Started::Gone));
+        };
+        let status: TaskStatus = status
+            .parse()
+            .map_err(|reason| QueueError::Corrupt { key, reason })?;
+        if status.is_terminal() {
+            return Ok(Some(Started::Finished(status)));
+        }
+        let deadline = values.next().flatten();
+        let state = values.next().flatten();
+        let own_output = values.next().flatten();
+        if status == TaskStatus::Review
+            || deadline.is_some()
+            || state.is_some()
+            || own_output.is_some()
+        {
+            return Ok(None);
+        }
+        let prompt = values.next().flatten().unwrap_or_default();
+        let metadata = values
+            .next()
+            .flatten()
+            .and_then(|m| serde_json::from_str::<BTreeMap<String, String>>(&m).ok())
+            .unwrap_or_default();
+        let inputs = input_outputs
+            .iter()
+            .zip(values)
+            .filter_map(|(field, output)| {
+                let role = field.strip_suffix(".output").unwrap_or(field);
+                Some((role.to_owned(), output?))
+            })
+            .collect();
+        self.events
+            .emit_one(
+                NewEvent::new("started", task_id)
+                    .with("role", role.role.as_str())
+                    .with("worker", worker_id)
+                    .with("attempt", attempt),
+            )
+            .await;
+        Ok(Some(Started::Ready(StageData {
+            deadline_in: None,
+            prompt,
+            metadata,
+            own_output: None,
+            inputs,
+        })))
+    }
+
     /// Notes that a role started on the task and reads what it works from: prompt,
     /// metadata, the outputs of the stage before, and its own output if an earlier attempt
     /// stored one. One round trip.
@@ -257,6 +375,25 @@ impl TaskStore {
         &self,
         task_id: &str,
         start: &StageStart<'_>,
+    ) -> Result<Started, QueueError> {
+        self.start_stage_noting(task_id, start, true).await
+    }
+
+    /// Notes the start of a stage that began with [`TaskStore::read_stage`] and still runs:
+    /// the same write as [`TaskStore::start_stage`], without a second `started` event.
+    pub async fn note_start(
+        &self,
+        task_id: &str,
+        start: &StageStart<'_>,
+    ) -> Result<Started, QueueError> {
+        self.start_stage_noting(task_id, start, false).await
+    }
+
+    async fn start_stage_noting(
+        &self,
+        task_id: &str,
+        start: &StageStart<'_>,
+        event: bool,
     ) -> Result<Started, QueueError> {
         let mut inv = SCRIPTS.record_start.key(self.namespace.task(task_id));
         inv.arg(start.role)
@@ -302,14 +439,16 @@ impl TaskStore {
             .zip(values)
             .filter_map(|(role, output)| Some((role.clone(), output?)))
             .collect();
-        self.events
-            .emit_one(
-                NewEvent::new("started", task_id)
-                    .with("role", start.role)
-                    .with("worker", start.worker_id)
-                    .with("attempt", start.attempt),
-            )
-            .await;
+        if event {
+            self.events
+                .emit_one(
+                    NewEvent::new("started", task_id)
+                        .with("role", start.role)
+                        .with("worker", start.worker_id)
+                        .with("attempt", start.attempt),
+                )
+                .await;
+        }
         Ok(Started::Ready(StageData {
             deadline_in,
             prompt,
@@ -327,33 +466,38 @@ impl TaskStore {
         finish: &StageFinish<'_>,
     ) -> Result<Finished, QueueError> {
         let now = now_ms();
-        let role = finish.role;
+        let fields = finish.role;
         let mut inv = SCRIPTS.record_finish.key(self.namespace.task(task_id));
-        inv.arg(role)
+        inv.arg(&fields.role)
             .arg(finish.output)
             .arg(now)
             .arg(if finish.last { "1" } else { "0" })
             // A finished task lives a full TTL from now.
             .arg(self.ttl.as_millis() as u64)
+            .arg(finish.stage)
             .arg(finish.stage_roles.len());
         for r in finish.stage_roles {
             inv.arg(r);
         }
-        inv.arg(format!("{role}.started_at_ms"))
+        inv.arg(&fields.attempts)
+            .arg(finish.attempt)
+            .arg(&fields.worker_id)
+            .arg(finish.worker_id)
+            .arg(&fields.started_at_ms)
             .arg(finish.started_at_ms)
-            .arg(format!("{role}.provider"))
+            .arg(&fields.provider)
             .arg(finish.provider)
-            .arg(format!("{role}.model"))
+            .arg(&fields.model)
             .arg(finish.model)
-            .arg(format!("{role}.prompt_tokens"))
+            .arg(&fields.prompt_tokens)
             .arg(finish.usage.prompt_tokens)
-            .arg(format!("{role}.completion_tokens"))
+            .arg(&fields.completion_tokens)
             .arg(finish.usage.completion_tokens);
         let outcome: String = inv.invoke_async(&mut self.conn.clone()).await?;
         if outcome == "waiting" || outcome == "complete" {
             let mut events = vec![
                 NewEvent::new("stage_done", task_id)
-                    .with("role", role)
+                    .with("role", fields.role.as_str())
                     .with("worker", finish.worker_id)
                     .with("ms", now.saturating_sub(finish.started_at_ms))
                     .with(
@@ -362,7 +506,7 @@ impl TaskStore {
                     ),
             ];
             if outcome == "complete" && finish.last {
-                events.push(NewEvent::new("done", task_id).with("role", role));
+                events.push(NewEvent::new("done", task_id).with("role", fields.role.as_str()));
             }
             self.events.emit(&events).await;
         }

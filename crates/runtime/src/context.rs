@@ -3,16 +3,19 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use agentfleet_job::{
-    Envelope, JobError, LimitError, Limits, Pipeline, StageJob, TaskStatus, TokenUsage,
-    TraceContext, now_ms,
+    DecodeError, Envelope, JobError, LimitError, Limits, Pipeline, StageJob, TaskStatus,
+    TokenUsage, TraceContext, now_ms,
 };
 use agentfleet_providers::{CompletionRequest, Provider, ProviderError};
 use agentfleet_queue::{
-    Delivery, Finished, JobFailure, Namespace, PushEntry, Queue, QueueError, StageFinish,
+    Delivery, Finished, JobFailure, Namespace, PushEntry, QueueError, RoleFields, StageFinish,
     StageStart, Started, TaskStore,
 };
 use agentfleet_telemetry::Metrics;
-use redis::aio::ConnectionManager;
+
+/// How long a stage runs before its start is written to the task record: shorter stages
+/// (most, with a fast model) only write their finish, which carries the same fields.
+pub const START_NOTE_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The provider as a role sees it: one call, with metrics and error classes applied.
 #[derive(Clone)]
@@ -136,11 +139,15 @@ pub struct RoleContext {
     /// The fleet's pipeline, and where this role sits in it.
     pub pipeline: Arc<Pipeline>,
     pub stage: usize,
-    pub(crate) conn: ConnectionManager,
     /// The tasks this worker is running a stage of, so a cancel can abort them.
     pub(crate) running: Arc<crate::control::RunningTasks>,
     /// This role's guardrails, when the guardrails file has rules for it.
     pub(crate) guard: Option<crate::guard::StageGuard>,
+    /// Pushes the next stage's jobs, batched across jobs.
+    pub(crate) chain: Arc<crate::chain::ChainPushers>,
+    /// This role's record fields, and those of the outputs it reads (the stage before's).
+    pub(crate) fields: Arc<RoleFields>,
+    pub(crate) input_fields: Arc<[String]>,
 }
 
 /// One task at this role's stage, as a handler receives it.
@@ -226,11 +233,12 @@ impl RoleContext {
         &self,
         handler: &H,
         delivery: &Delivery,
+        job: Result<Envelope<StageJob>, DecodeError>,
     ) -> Result<(), JobFailure> {
         self.limits
             .check_entry(delivery.raw().len())
             .map_err(too_large)?;
-        let job: Envelope<StageJob> = delivery.decode()?;
+        let job = job?;
         if job.args.stage as usize != self.stage {
             return Err(JobError::permanent(format!(
                 "this entry is for stage {} but the {} role runs stage {} of the pipeline {:?}",
@@ -247,20 +255,36 @@ impl RoleContext {
             None => &[],
         };
         let started_at_ms = now_ms();
-        let started = self
+        let start = StageStart {
+            role: self.role,
+            attempt: job.attempt,
+            worker_id: &self.worker_id,
+            stage: self.stage as u32,
+            inputs,
+        };
+        // Most stages start with a plain read and no write (the finish notes the start);
+        // a re-run, a deadline or a review starts with the start script.
+        let (started, noted) = match self
             .store
-            .start_stage(
+            .read_stage(
                 &task_id,
-                &StageStart {
-                    role: self.role,
-                    attempt: job.attempt,
-                    worker_id: &self.worker_id,
-                    stage: self.stage as u32,
-                    inputs,
-                },
+                &self.fields,
+                &self.input_fields,
+                &self.worker_id,
+                job.attempt,
             )
             .await
-            .map_err(redis_failure)?;
+            .map_err(redis_failure)?
+        {
+            Some(started) => (started, false),
+            None => (
+                self.store
+                    .start_stage(&task_id, &start)
+                    .await
+                    .map_err(redis_failure)?,
+                true,
+            ),
+        };
         let data = match started {
             Started::Gone => {
                 return Err(JobError::permanent(format!(
@@ -307,7 +331,13 @@ impl RoleContext {
                 };
                 // Guardrails, when the role has any: input rules, PII masking, output rules
                 // with re-asks, then reject or park for review (guard.rs).
-                let Some(out) = self.run_guarded(handler, input, data.deadline_in).await? else {
+                let run = self.run_guarded(handler, input, data.deadline_in);
+                let out = if noted {
+                    run.await?
+                } else {
+                    self.noting_slow_start(&task_id, &start, run).await?
+                };
+                let Some(out) = out else {
                     return Ok(());
                 };
                 if let Err(e) = self.limits.check_output(out.text.len()) {
@@ -326,11 +356,13 @@ impl RoleContext {
             .finish_stage(
                 &task_id,
                 &StageFinish {
-                    role: self.role,
-                    worker_id: &self.worker_id,
+                    role: &self.fields,
                     output: &output,
                     stage_roles,
                     last,
+                    stage: self.stage as u32,
+                    attempt: job.attempt,
+                    worker_id: &self.worker_id,
                     started_at_ms,
                     provider: self.llm.provider_name(),
                     model: self.llm.model(),
@@ -362,6 +394,30 @@ impl RoleContext {
             Finished::Complete if last => Ok(()),
             Finished::Complete => self.chain(&job).await,
         }
+    }
+
+    /// Awaits a stage that started without a write (`TaskStore::read_stage`); when it
+    /// runs longer than [`START_NOTE_AFTER`], notes its start on the record, so that
+    /// `agentfleet status` shows which worker runs it. A note that fails is only logged:
+    /// the finish writes the same fields.
+    async fn noting_slow_start<F: std::future::Future>(
+        &self,
+        task_id: &str,
+        start: &StageStart<'_>,
+        run: F,
+    ) -> F::Output {
+        tokio::pin!(run);
+        tokio::select! {
+            out = &mut run => return out,
+            _ = tokio::time::sleep(START_NOTE_AFTER) => {}
+        }
+        let note = async {
+            if let Err(e) = self.store.note_start(task_id, start).await {
+                tracing::warn!(error = %e, "cannot note the stage's start on the task record");
+            }
+        };
+        let ((), out) = tokio::join!(note, run);
+        out
     }
 
     /// Runs the handler until it answers, the task is cancelled (the watch in
@@ -428,19 +484,16 @@ impl RoleContext {
         .in_lane(job.lane)
         .encode();
         for role in self.pipeline.stage(next).unwrap_or_default() {
-            let pushed = Queue::new(self.conn.clone(), &self.namespace, role)
-                .map_err(redis_failure)?
-                .with_idempotency_ttl(self.store.ttl())
-                .push(PushEntry {
-                    entry: entry.clone(),
-                    idempotency_key: Some(task_id.clone()),
-                    due_ms: None,
-                })
-                .await
-                .map_err(redis_failure)?;
-            if !pushed {
-                tracing::info!(next_role = %role, "next stage's job already enqueued by an earlier completion");
-            }
+            self.chain
+                .push(
+                    role,
+                    PushEntry {
+                        entry: entry.clone(),
+                        idempotency_key: Some(task_id.clone()),
+                        due_ms: None,
+                    },
+                )
+                .await?;
         }
         Ok(())
     }

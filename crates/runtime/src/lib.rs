@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod args;
+mod chain;
 mod context;
 mod control;
 mod guard;

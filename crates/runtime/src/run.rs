@@ -180,12 +180,22 @@ impl<H: RoleHandler> tower::Service<Task<Delivery>> for RoleService<H> {
         let handler = self.handler.clone();
         let ctx = self.ctx.clone();
         let delivery = task.args;
-        // The job's identity, for the LLM limits and budgets (agentfleet-limits).
-        let scope = agentfleet_limits::JobScope::from_entry(delivery.raw());
+        // Decoded once: the stage's job, and the job's identity for the LLM limits and
+        // budgets (agentfleet-limits); an entry that does not decode has no scope, and its
+        // handler reports the error.
+        let job = delivery.decode::<agentfleet_job::StageJob>();
+        let scope = match &job {
+            Ok(job) => agentfleet_limits::JobScope {
+                task_id: Some(job.id.clone()),
+                tenant: None,
+                lane: job.lane,
+            },
+            Err(_) => agentfleet_limits::JobScope::default(),
+        };
         Box::pin(scope.run(async move {
             // A panic in a handler or a provider is that job's transient failure: the job
             // is settled (retried) and its slot freed, and the worker keeps its concurrency.
-            match AssertUnwindSafe(ctx.run_stage(handler.as_ref(), &delivery))
+            match AssertUnwindSafe(ctx.run_stage(handler.as_ref(), &delivery, job))
                 .catch_unwind()
                 .await
             {
@@ -378,6 +388,13 @@ pub async fn run<H: RoleHandler>(
     );
 
     let running = Arc::new(crate::control::RunningTasks::default());
+    let pipeline_roles = pipeline.clone();
+    let chain = Arc::new(crate::chain::ChainPushers::spawn(
+        &conn,
+        &namespace,
+        pipeline.stage(stage + 1).unwrap_or_default(),
+        args.record_ttl(),
+    )?);
     let ctx_store = store.clone();
     let ctx = Arc::new(RoleContext {
         role,
@@ -388,9 +405,17 @@ pub async fn run<H: RoleHandler>(
         limits: args.limits(),
         pipeline,
         stage,
-        conn,
         running: running.clone(),
         guard,
+        chain,
+        fields: Arc::new(agentfleet_queue::RoleFields::new(role)),
+        input_fields: stage
+            .checked_sub(1)
+            .and_then(|before| pipeline_roles.stage(before))
+            .unwrap_or_default()
+            .iter()
+            .map(|role| format!("{role}.output"))
+            .collect(),
     });
     let service = RoleService {
         handler: Arc::new(handler),

@@ -1,4 +1,5 @@
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::ValueEnum;
 use opentelemetry::propagation::TextMapPropagator;
@@ -26,6 +27,11 @@ pub struct TracingError {
     endpoint: String,
     reason: String,
 }
+
+/// Whether spans are exported (`--otlp-endpoint`): only then does a job's span take its
+/// parent from the task's trace context, or a chained job read it back, which costs a
+/// parse and a few allocations per job that nothing would see otherwise.
+static EXPORTING: AtomicBool = AtomicBool::new(false);
 
 /// Keeps the OTLP exporter alive; [`Telemetry::shutdown`] flushes the last spans.
 pub struct Telemetry {
@@ -72,6 +78,7 @@ pub fn init_logging(
         Some(endpoint) => Some(otlp_provider(endpoint, service_name)?),
         None => None,
     };
+    EXPORTING.store(provider.is_some(), Ordering::Relaxed);
     let otel = provider
         .as_ref()
         .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("agentfleet")));
@@ -116,7 +123,7 @@ pub fn job_span(
         .unwrap_or_default();
     let span =
         tracing::info_span!("job", task_id = %task_id, role = %role, attempt, trace_id = %trace_id);
-    if let Some(tp) = traceparent {
+    if let Some(tp) = traceparent.filter(|_| EXPORTING.load(Ordering::Relaxed)) {
         let carrier = std::collections::HashMap::from([("traceparent".to_owned(), tp.to_owned())]);
         let parent = TraceContextPropagator::new().extract(&carrier);
         let _ = span.set_parent(parent);
@@ -127,6 +134,9 @@ pub fn job_span(
 /// The W3C `traceparent` of the current span, when spans are exported (so a chained job
 /// continues the trace under this job's span); `None` otherwise.
 pub fn current_traceparent() -> Option<String> {
+    if !EXPORTING.load(Ordering::Relaxed) {
+        return None;
+    }
     let context = tracing::Span::current().context();
     let mut carrier = std::collections::HashMap::new();
     TraceContextPropagator::new().inject_context(&context, &mut carrier);

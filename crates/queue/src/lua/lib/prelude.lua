@@ -1,4 +1,5 @@
--- Shared by every script (prepended at build time by scripts.rs).
+-- Helpers shared by the scripts: scripts.rs puts the ones a script uses before it, one block
+-- (separated by a blank line) per name.
 
 -- Redis's time in ms: the only clock a lease, a heartbeat or a due time is compared on.
 local function now_ms()
