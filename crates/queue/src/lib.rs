@@ -42,6 +42,7 @@ pub use queue::{
 };
 pub use review::{ParkedTask, ReviewCounts, ReviewWrite};
 pub use store::{
-   Finished, RoleFields, StageData, StageFinish, StageStart, Started, Stopped, TASKS_INDEX_CAP, TaskStore,
+    Finished, RoleFields, StageData, StageFinish, StageStart, Started, Stopped, TASKS_INDEX_CAP,
+    TaskStore,
 };
 pub use tasks::{TaskFilter, TaskSummary};

@@ -277,7 +277,7 @@ impl Queue {
                     &t.control,
                 );
             }
-           // Batch membership in the same pipeline as the records (one RPUSH per batch
+            // Batch membership in the same pipeline as the records (one RPUSH per batch
             // and chunk; a chunk normally holds one batch).
             let mut batches: Vec<(&str, Vec<&str>)> = Vec::new();
             for t in chunk {
