@@ -196,6 +196,10 @@ enum Command {
         #[command(flatten)]
         ns: NamespaceArgs,
         #[command(flatten)]
+        lease: LeaseArgs,
+        #[command(flatten)]
+        ttl: RecordTtlArgs,
+        #[command(flatten)]
         args: ui::UiArgs,
     },
 }
@@ -224,8 +228,8 @@ impl Command {
             | Command::Limits { ns, .. }
             | Command::Review { ns, .. }
             | Command::Tasks { ns, .. }
-            | Command::Watch { ns, .. }
-            | Command::Ui { ns, .. } => (Some(ns), None, None),
+            | Command::Watch { ns, .. } => (Some(ns), None, None),
+            Command::Ui { ns, lease, ttl, .. } => (Some(ns), Some(lease), Some(ttl)),
             Command::Bench(_) => (None, None, None),
         }
     }
