@@ -12,10 +12,15 @@ if [[ ! -x $npm_dir/node_modules/.bin/tsc || ! -d $npm_dir/node_modules/@grafana
 fi
 work=$(mktemp -d "$npm_dir/check-XXXXXX")
 trap 'rm -rf "$work"' EXIT
+# The schema types two fields as TypeScript string enums, which a JSON string literal cannot
+# satisfy however right it is: their values are written as the enums' members.
 {
-  echo "import type { Dashboard } from '@grafana/schema';"
+  echo "import { FieldColorModeId, ThresholdsMode, type Dashboard } from '@grafana/schema';"
   printf 'export const dashboard: Dashboard = '
-  cat "$root/deploy/grafana/dashboards/agentfleet.json"
+  sed -e 's/"mode": "absolute"/"mode": ThresholdsMode.Absolute/' \
+      -e 's/"mode": "percentage"/"mode": ThresholdsMode.Percentage/' \
+      -e 's/"mode": "thresholds"/"mode": FieldColorModeId.Thresholds/' \
+      "$root/deploy/grafana/dashboards/agentfleet.json"
   echo ';'
 } > "$work/dashboard.ts"
 "$npm_dir/node_modules/.bin/tsc" --noEmit --strict --skipLibCheck false --moduleResolution bundler \
