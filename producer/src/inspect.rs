@@ -308,7 +308,7 @@ type Row = (
 );
 
 /// Every role's counts, live workers and review counts.
-async fn rows(fleet: &Fleet) -> anyhow::Result<Vec<Row>> {
+pub(crate) async fn rows(fleet: &Fleet) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
     for role in fleet.pipeline.roles() {
         let queue = fleet.queue(role)?;

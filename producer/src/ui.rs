@@ -296,12 +296,9 @@ fn json(value: impl serde::Serialize) -> ApiResult {
 
 async fn queues(State(app): State<Shared>) -> ApiResult {
     let fleet = &app.fleet;
+    // The same reads as `agentfleet queues` (one place for them), shaped for the page.
     let mut rows = Vec::new();
-    for role in fleet.pipeline.roles() {
-        let queue = fleet.queue(role)?;
-        let c = queue.counts(fleet.lease).await?;
-        let workers = queue.live_workers(fleet.lease).await?;
-        let review = queue.review_counts().await?;
+    for (role, c, workers, review) in crate::inspect::rows(fleet).await? {
         rows.push(serde_json::json!({
             "role": role,
             "pending": c.pending,

@@ -338,11 +338,7 @@ impl TaskStore {
             return Ok(None);
         }
         let prompt = values.next().flatten().unwrap_or_default();
-        let metadata = values
-            .next()
-            .flatten()
-            .and_then(|m| serde_json::from_str::<BTreeMap<String, String>>(&m).ok())
-            .unwrap_or_default();
+        let metadata = metadata_of(values.next().flatten());
         let inputs = input_outputs
             .iter()
             .zip(values)
@@ -422,11 +418,7 @@ impl TaskStore {
         values.resize(6 + start.inputs.len(), None);
         let mut values = values.into_iter().skip(2);
         let prompt = values.next().flatten().unwrap_or_default();
-        let metadata = values
-            .next()
-            .flatten()
-            .and_then(|m| serde_json::from_str::<BTreeMap<String, String>>(&m).ok())
-            .unwrap_or_default();
+        let metadata = metadata_of(values.next().flatten());
         let own_output = values.next().flatten();
         let deadline_in = values
             .next()
@@ -777,6 +769,13 @@ impl TaskStore {
             .map(|s| s.and_then(|s| s.parse().ok()))
             .collect())
     }
+}
+
+/// A record's `metadata` field (a JSON object of strings); absent or unreadable: none.
+fn metadata_of(field: Option<String>) -> BTreeMap<String, String> {
+    field
+        .and_then(|m| serde_json::from_str(&m).ok())
+        .unwrap_or_default()
 }
 
 /// An error or reason as an event carries it: its first 300 characters.
