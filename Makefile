@@ -1,18 +1,19 @@
 # agentfleet: the two commands that matter are `make demo` and `make test`.
-.PHONY: demo test prerequisites test-rust build-tests deploy-check e2e-observability bench bench-quick build fmt lint
+.PHONY: demo test prerequisites test-rust test-cluster cluster-start cluster-stop build-tests deploy-check e2e-observability bench bench-quick build fmt lint
 
 CARGO ?= cargo
 
 demo:
 	bash scripts/demo.sh
 
-test: prerequisites test-rust deploy-check e2e-observability
+test: prerequisites test-rust test-cluster deploy-check e2e-observability
 
 # A Redis at REDIS_URL (started if none answers) and the deployment tools (helm, promtool,
 # kubernetes-validate, docker-compose) and the inspector test's chromium and chromedriver,
 # installed once; both are quick when already there.
 prerequisites:
 	bash scripts/ensure-redis.sh
+	bash scripts/redis-cluster.sh start
 	bash .ci/install-deploy-tools.sh
 
 # Release profile: the end-to-end tests push 100,000 tasks through real workers. The tests'
@@ -25,6 +26,19 @@ build-tests:
 
 test-rust: build-tests
 	$(CARGO) test --release --workspace --no-fail-fast $(TEST_FEATURES)
+
+# The queue tests' same bodies again, on the local Redis Cluster (scripts/redis-cluster.sh;
+# the cluster's own tests, tests/tests/cluster.rs, run in test-rust).
+test-cluster: build-tests
+	AGENTFLEET_TEST_REDIS_CLUSTER=$$(bash scripts/redis-cluster.sh seeds) \
+		$(CARGO) test --release --workspace $(TEST_FEATURES) --test queue
+
+# A local Redis Cluster: three masters, one replica each, on 127.0.0.1:7000-7005.
+cluster-start:
+	bash scripts/redis-cluster.sh start
+
+cluster-stop:
+	bash scripts/redis-cluster.sh stop
 
 # Helm, compose, Prometheus and Grafana files, validated without a cluster or Docker engine
 # (tools from .ci/install-deploy-tools.sh).

@@ -241,7 +241,7 @@ pub struct Fleet {
     pub store: TaskStore,
     pub pipeline: Pipeline,
     pub lease: Duration,
-    conn: redis::aio::ConnectionManager,
+    conn: agentfleet_queue::RedisConnection,
 }
 
 impl Fleet {
@@ -256,7 +256,7 @@ impl Fleet {
             .with_idempotency_ttl(self.store.ttl()))
     }
 
-    pub fn connection(&self) -> redis::aio::ConnectionManager {
+    pub fn connection(&self) -> agentfleet_queue::RedisConnection {
         self.conn.clone()
     }
 

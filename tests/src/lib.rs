@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use agentfleet_job::{TaskRecord, TaskStatus};
 use agentfleet_queue::RedisArgs;
-use agentfleet_testkit::{ScratchNamespace, namespace_keys, redis_server_path};
+use agentfleet_testkit::{ScratchNamespace, all_namespace_keys, redis_server_path};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -31,6 +31,19 @@ pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }
 
+/// Seed nodes of the Redis Cluster the tests run on instead (`make test` runs the queue tests
+/// a second time with it set; see scripts/redis-cluster.sh), if any.
+pub const CLUSTER_ENV: &str = "AGENTFLEET_TEST_REDIS_CLUSTER";
+
+/// How [`Fleet::new`] reaches Redis: the cluster of [`CLUSTER_ENV`] when set, else
+/// [`redis_url`].
+pub fn redis_args() -> RedisArgs {
+    match std::env::var(CLUSTER_ENV) {
+        Ok(seeds) if !seeds.is_empty() => RedisArgs::cluster(seeds),
+        _ => RedisArgs::plain(redis_url()),
+    }
+}
+
 /// A free loopback port (panics if there is none).
 pub fn free_port() -> u16 {
     agentfleet_testkit::free_port().unwrap_or_else(|e| panic!("{e}"))
@@ -44,7 +57,8 @@ pub struct Fleet {
     pub redis: RedisArgs,
     /// The fleet's pipeline (`AGENTFLEET_PIPELINE` for every process), if not the default.
     pub pipeline: Option<String>,
-    client: redis::Client,
+    /// None on a cluster: a single-server client would reach one node of it.
+    client: Option<redis::Client>,
     /// Deletes the namespace's keys when the fleet is dropped (after the workers the test
     /// holds, which it declared later and so drops first).
     _scratch: ScratchNamespace,
@@ -52,7 +66,7 @@ pub struct Fleet {
 
 impl Fleet {
     pub fn new(test: &str) -> Self {
-        Self::on(test, &redis_url())
+        Self::with(test, redis_args())
     }
 
     pub fn on(test: &str, redis_url: &str) -> Self {
@@ -64,7 +78,7 @@ impl Fleet {
     pub fn with(test: &str, redis: RedisArgs) -> Self {
         let scratch = ScratchNamespace::new(&format!("t-{test}"), redis.clone())
             .expect("a valid namespace name");
-        let client = redis.client().expect("usable redis options");
+        let client = (!redis.cluster).then(|| redis.client().expect("usable redis options"));
         Self {
             namespace: scratch.namespace().as_str().to_owned(),
             redis_url: redis.url.expose_secret().to_owned(),
@@ -90,11 +104,13 @@ impl Fleet {
 
     /// The test's own Redis client (the fleet's options).
     pub fn client(&self) -> &redis::Client {
-        &self.client
+        self.client
+            .as_ref()
+            .expect("a single-server client for a fleet on a Redis Cluster")
     }
 
     pub fn conn(&self) -> redis::Connection {
-        self.client
+        self.client()
             .get_connection()
             .expect("redis reachable for the tests")
     }
@@ -222,7 +238,7 @@ impl Fleet {
     }
 
     fn try_keys(&self) -> Result<Vec<String>, agentfleet_testkit::TestkitError> {
-        namespace_keys(&mut self.client.get_connection()?, &self.ns())
+        all_namespace_keys(&self.redis, &self.ns())
     }
 
     pub fn worker(&self, role: &str) -> WorkerBuilder<'_> {

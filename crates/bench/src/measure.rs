@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::process::Command;
 
+use agentfleet_queue::RedisConnection;
 use anyhow::Context;
-use redis::aio::ConnectionManager;
 
 /// utime + stime of a process, in clock ticks (`/proc/<pid>/stat` fields 14 and 15).
 pub(crate) fn cpu_ticks(pid: u32) -> Option<u64> {
@@ -54,7 +54,7 @@ pub(crate) struct RedisSnapshot {
     pub(crate) cpu_secs: f64,
 }
 
-pub(crate) async fn redis_snapshot(conn: &mut ConnectionManager) -> anyhow::Result<RedisSnapshot> {
+pub(crate) async fn redis_snapshot(conn: &mut RedisConnection) -> anyhow::Result<RedisSnapshot> {
     let (stats, cpu): (String, String) = redis::pipe()
         .cmd("INFO")
         .arg("commandstats")

@@ -4,9 +4,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use agentfleet_job::{Lane, now_ms};
+use agentfleet_queue::RedisConnection;
 use agentfleet_queue::{NewTask, RedisArgs};
 use anyhow::{Context, anyhow, bail};
-use redis::aio::ConnectionManager;
 
 use crate::measure::{command_delta, cpu_ticks, mem_mib, percentile, redis_snapshot, total_calls};
 use crate::report::{Figure, Target, fmt_value};
@@ -20,7 +20,7 @@ pub(crate) struct Bench {
     pub(crate) quick: bool,
     pub(crate) sizes: Sizes,
     pub(crate) clk_tck: f64,
-    pub(crate) conn: ConnectionManager,
+    pub(crate) conn: RedisConnection,
     /// Worker logs of this run (kept when a scenario failed).
     pub(crate) logs: PathBuf,
     pub(crate) figures: Vec<Figure>,

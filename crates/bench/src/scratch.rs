@@ -7,11 +7,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use agentfleet_job::{Lane, TaskSpec};
+use agentfleet_queue::RedisConnection;
 use agentfleet_queue::{Namespace, NewTask, PushEntry, Queue, TaskControl, TaskStore};
 use agentfleet_testkit::{ScratchNamespace, find_bin, stop_process};
 use anyhow::{Context, bail};
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 
 use crate::scenarios::Bench;
 use crate::{POLL, PROMPT, STALL};
@@ -51,7 +51,7 @@ impl Drop for Worker {
 pub(crate) struct Scratch {
     pub(crate) scenario: &'static str,
     pub(crate) ns: Namespace,
-    pub(crate) conn: ConnectionManager,
+    pub(crate) conn: RedisConnection,
     pub(crate) logs: PathBuf,
     pub(crate) workers: Vec<Worker>,
     /// Deletes the namespace's keys; dropped after the workers (see `Drop`).

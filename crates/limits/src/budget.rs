@@ -5,8 +5,8 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use agentfleet_queue::BudgetKeys;
+use agentfleet_queue::RedisConnection;
 use redis::Script;
-use redis::aio::ConnectionManager;
 
 struct Scripts {
     reserve: Script,
@@ -41,7 +41,7 @@ pub(crate) enum Hold {
 
 #[derive(Clone)]
 pub(crate) struct BudgetBook {
-    pub conn: ConnectionManager,
+    pub conn: RedisConnection,
     pub keys: BudgetKeys,
     /// How long a reservation lives if its worker dies mid-call.
     pub hold_for: Duration,

@@ -5,8 +5,8 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use agentfleet_queue::LimitKeys;
+use agentfleet_queue::RedisConnection;
 use redis::Script;
-use redis::aio::ConnectionManager;
 
 struct Scripts {
     reserve: Script,
@@ -69,7 +69,7 @@ impl Outcome {
 
 #[derive(Clone)]
 pub(crate) struct Limiter {
-    pub conn: ConnectionManager,
+    pub conn: RedisConnection,
     pub keys: LimitKeys,
     pub worker_id: String,
     pub pacing: Pacing,

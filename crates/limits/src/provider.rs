@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 use agentfleet_providers::{
     Completion, CompletionRequest, Provider, ProviderArgs, ProviderError, ProviderKind,
 };
+use agentfleet_queue::RedisConnection;
 use agentfleet_queue::{Namespace, TaskStore};
 use agentfleet_telemetry::Metrics;
 use futures::future::BoxFuture;
-use redis::aio::ConnectionManager;
 
 use crate::budget::{BudgetBook, Caps, Hold};
 use crate::limiter::{Limiter, Outcome, Pacing, Reservation};
@@ -50,7 +50,7 @@ impl LimitStatus {
 
 /// What the decorator is built from.
 pub struct LimitContext<'a> {
-    pub conn: ConnectionManager,
+    pub conn: RedisConnection,
     pub namespace: &'a Namespace,
     pub worker_id: &'a str,
     pub role: &'static str,

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use agentfleet_queue::Namespace;
-use redis::aio::ConnectionManager;
+use agentfleet_queue::RedisConnection;
 use serde::Serialize;
 
 use crate::from_nano;
@@ -66,26 +66,10 @@ fn positive(v: Option<u64>) -> Option<u64> {
 
 /// Reads every limit and budget of `namespace`.
 pub async fn fleet_limits(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     namespace: &Namespace,
 ) -> redis::RedisResult<FleetLimits> {
-    let mut state_keys: Vec<String> = Vec::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(namespace.limit_state_pattern())
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(conn)
-            .await?;
-        state_keys.extend(keys);
-        cursor = next;
-        if cursor == 0 {
-            break;
-        }
-    }
+    let mut state_keys = conn.scan_match(&namespace.limit_state_pattern()).await?;
     state_keys.sort();
     state_keys.dedup();
     let mut out = FleetLimits::default();

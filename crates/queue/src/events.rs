@@ -13,8 +13,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::RedisConnection;
 use redis::Value;
-use redis::aio::ConnectionManager;
 use serde::Serialize;
 
 use crate::{Namespace, QueueError};
@@ -79,14 +79,14 @@ impl NewEvent {
 /// The writer and reader of a namespace's event stream. Cheap to clone.
 #[derive(Clone)]
 pub struct Events {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     key: String,
     /// 0: events are off (nothing is appended; readers see nothing new).
     maxlen: u64,
 }
 
 impl Events {
-    pub fn new(conn: ConnectionManager, namespace: &Namespace, maxlen: u64) -> Self {
+    pub fn new(conn: RedisConnection, namespace: &Namespace, maxlen: u64) -> Self {
         Self {
             conn,
             key: namespace.events(),

@@ -5,9 +5,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::RedisConnection;
 use agentfleet_job::{DEFAULT_PIPELINE, Pipeline};
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 
 use crate::{Namespace, QueueError};
 
@@ -182,7 +182,7 @@ impl PipelineArgs {
 /// (canonical form), or it is refused, since a producer and workers that disagree would
 /// strand tasks between stages. `agentfleet pipeline set` changes it on purpose.
 pub async fn agree_on_pipeline(
-    conn: &ConnectionManager,
+    conn: &RedisConnection,
     namespace: &Namespace,
     pipeline: &Pipeline,
 ) -> Result<(), QueueError> {
@@ -208,7 +208,7 @@ pub async fn agree_on_pipeline(
 
 /// The fleet's recorded pipeline, if any process recorded one yet.
 pub async fn recorded_pipeline(
-    conn: &ConnectionManager,
+    conn: &RedisConnection,
     namespace: &Namespace,
 ) -> Result<Option<String>, QueueError> {
     Ok(conn.clone().get(namespace.pipeline()).await?)
@@ -216,7 +216,7 @@ pub async fn recorded_pipeline(
 
 /// Records `pipeline` as the fleet's, replacing what was there (an operator's decision).
 pub async fn record_pipeline(
-    conn: &ConnectionManager,
+    conn: &RedisConnection,
     namespace: &Namespace,
     pipeline: &Pipeline,
 ) -> Result<(), QueueError> {
@@ -231,32 +231,18 @@ pub async fn record_pipeline(
 /// benchmarks and an operator tearing a fleet down. `SCAN` + `UNLINK`, 1,000 keys at a time,
 /// so Redis never blocks on it. Returns how many keys were deleted.
 pub async fn delete_namespace(
-    conn: &ConnectionManager,
+    conn: &RedisConnection,
     namespace: &Namespace,
 ) -> Result<u64, QueueError> {
-    let mut conn = conn.clone();
     let mut deleted = 0;
     for pattern in namespace.key_patterns() {
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1_000)
-                .query_async(&mut conn)
+        let keys = conn.scan_match(&pattern).await?;
+        for chunk in keys.chunks(1_000) {
+            // On a cluster the connection splits a multi-key UNLINK by slot.
+            deleted += redis::cmd("UNLINK")
+                .arg(chunk)
+                .query_async::<u64>(&mut conn.clone())
                 .await?;
-            if !keys.is_empty() {
-                deleted += redis::cmd("UNLINK")
-                    .arg(&keys)
-                    .query_async::<u64>(&mut conn)
-                    .await?;
-            }
-            if next == 0 {
-                break;
-            }
-            cursor = next;
         }
     }
     Ok(deleted)

@@ -27,7 +27,9 @@ pub use backend::{
     Delivery, Disposition, FailurePolicy, JobFailure, RedisBackend, WorkerHandle, WorkerOptions,
     WorkerStatus,
 };
-pub use connection::{ConnectOptions, RedisArgs, RedisUrl, check_access, connect, connect_worker};
+pub use connection::{
+    ConnectOptions, RedisArgs, RedisConnection, RedisUrl, check_access, connect, connect_worker,
+};
 pub use dead_letter::DeadLetter;
 pub use error::QueueError;
 pub use events::{DEFAULT_EVENTS_MAXLEN, Event, Events, NewEvent};

@@ -1,7 +1,7 @@
 use std::time::Duration;
 
+use crate::RedisConnection;
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 
 use crate::scripts::SCRIPTS;
 use crate::{DeadLetter, Namespace, QueueError, QueueKeys, TaskStore};
@@ -161,7 +161,7 @@ pub struct RecoveryReport {
 /// One role's queue.
 #[derive(Clone)]
 pub struct Queue {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     keys: QueueKeys,
     role: String,
     idempotency_ttl: Duration,
@@ -170,7 +170,7 @@ pub struct Queue {
 
 impl Queue {
     pub fn new(
-        conn: ConnectionManager,
+        conn: RedisConnection,
         namespace: &Namespace,
         role: &str,
     ) -> Result<Self, QueueError> {
@@ -223,7 +223,7 @@ impl Queue {
         &self.keys
     }
 
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> RedisConnection {
         self.conn.clone()
     }
 
@@ -493,7 +493,7 @@ impl Queue {
     /// blocking command stalls its connection.
     pub async fn wait_for_entry(
         &self,
-        blocking_conn: &mut ConnectionManager,
+        blocking_conn: &mut RedisConnection,
         timeout: Duration,
     ) -> Result<bool, QueueError> {
         let token: Option<(String, String)> = blocking_conn
@@ -977,7 +977,7 @@ impl Queue {
 /// no script), so it is loaded and the pipeline sent again; the other commands in it are
 /// plain writes (records) that are safe to repeat.
 async fn send_push_pipeline(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     pipe: &redis::Pipeline,
 ) -> Result<u64, QueueError> {
     let counts: Vec<u64> = match pipe.query_async(conn).await {

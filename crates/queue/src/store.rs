@@ -1,11 +1,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use crate::RedisConnection;
 use agentfleet_job::{
     PendingReview, Pipeline, StageRecord, TaskRecord, TaskStatus, TokenUsage, now_ms,
 };
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 
 use crate::scripts::SCRIPTS;
 use crate::{Events, Namespace, NewEvent, QueueError};
@@ -18,7 +18,7 @@ pub const TASKS_INDEX_CAP: usize = 1_000_000;
 /// `HGETALL` in redis-cli reads like the record. Per-role fields are `<role>.<field>`.
 #[derive(Clone)]
 pub struct TaskStore {
-    conn: ConnectionManager,
+    conn: RedisConnection,
     namespace: Namespace,
     ttl: Duration,
     /// Where each transition's lifecycle event goes, right after it.
@@ -146,7 +146,7 @@ pub enum Finished {
 impl TaskStore {
     /// A store whose transitions append events to a stream capped at
     /// [`crate::DEFAULT_EVENTS_MAXLEN`]; see [`TaskStore::with_events_maxlen`].
-    pub fn new(conn: ConnectionManager, namespace: Namespace, ttl: Duration) -> Self {
+    pub fn new(conn: RedisConnection, namespace: Namespace, ttl: Duration) -> Self {
         let events = Events::new(conn.clone(), &namespace, crate::DEFAULT_EVENTS_MAXLEN);
         Self {
             conn,
@@ -176,7 +176,7 @@ impl TaskStore {
         &self.namespace
     }
 
-    pub(crate) fn conn(&self) -> ConnectionManager {
+    pub(crate) fn conn(&self) -> RedisConnection {
         self.conn.clone()
     }
 
@@ -673,42 +673,31 @@ impl TaskStore {
         let mut conn = self.conn.clone();
         let prefix = self.namespace.task("");
         let mut found = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(self.namespace.task_pattern())
-                .arg("COUNT")
-                .arg(1_000)
-                .query_async(&mut conn)
-                .await?;
-            if !keys.is_empty() {
-                let mut pipe = redis::pipe();
-                for key in &keys {
-                    pipe.hget(key, "metadata");
-                }
-                let metas: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
-                for (key, meta) in keys.iter().zip(metas) {
-                    let Some(meta) = meta
-                        .and_then(|m| serde_json::from_str::<BTreeMap<String, String>>(&m).ok())
-                    else {
-                        continue;
-                    };
-                    if wanted
-                        .iter()
-                        .all(|(k, v)| meta.get(k).is_some_and(|m| m == v))
-                        && let Some(id) = key.strip_prefix(&prefix)
-                    {
-                        found.push(id.to_owned());
-                    }
-                }
+        let keys = self.conn.scan_match(&self.namespace.task_pattern()).await?;
+        for keys in keys.chunks(1_000) {
+            let mut pipe = redis::pipe();
+            for key in keys {
+                pipe.hget(key, "metadata");
             }
-            cursor = next;
-            if cursor == 0 {
-                return Ok(found);
+            let metas: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
+            for (key, meta) in keys.iter().zip(metas) {
+                let Some(meta) =
+                    meta.and_then(|m| serde_json::from_str::<BTreeMap<String, String>>(&m).ok())
+                else {
+                    continue;
+                };
+                if wanted
+                    .iter()
+                    .all(|(k, v)| meta.get(k).is_some_and(|m| m == v))
+                    && let Some(id) = key.strip_prefix(&prefix)
+                {
+                    found.push(id.to_owned());
+                }
             }
         }
+        found.sort();
+        found.dedup();
+        Ok(found)
     }
 
     /// The fleet's cancellation counter (0 before the first cancel).

@@ -6,8 +6,8 @@
 use std::collections::HashMap;
 
 use agentfleet_job::JobError;
+use agentfleet_queue::RedisConnection;
 use agentfleet_queue::{JobFailure, Namespace, PushEntry, Queue, QueueError};
-use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, oneshot};
 
 /// At most this many entries per push (the push script's chunk).
@@ -26,7 +26,7 @@ pub(crate) struct ChainPushers {
 impl ChainPushers {
     /// Starts a pusher for each of `roles` (the next stage's; none after the last stage).
     pub(crate) fn spawn(
-        conn: &ConnectionManager,
+        conn: &RedisConnection,
         namespace: &Namespace,
         roles: &[String],
         idempotency_ttl: std::time::Duration,

@@ -527,7 +527,7 @@ fn load_guardrails(
 /// Records or checks the fleet's pipeline, waiting for Redis if it is away (the worker is
 /// not ready meanwhile). A disagreement, or a Redis that refuses us, is final.
 async fn agree_with_fleet(
-    conn: &redis::aio::ConnectionManager,
+    conn: &agentfleet_queue::RedisConnection,
     namespace: &Namespace,
     pipeline: &agentfleet_job::Pipeline,
 ) -> Result<(), RuntimeError> {

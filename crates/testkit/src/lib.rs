@@ -18,7 +18,9 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-pub use namespace::{ScratchNamespace, delete_namespace_keys, namespace_keys, scratch_name};
+pub use namespace::{
+    ScratchNamespace, all_namespace_keys, delete_namespace_keys, namespace_keys, scratch_name,
+};
 pub use process::{find_bin, stop_process};
 pub use redis_server::{PrivateRedis, RedisOptions, redis_server_path};
 

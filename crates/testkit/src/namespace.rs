@@ -13,8 +13,8 @@ pub fn scratch_name(prefix: &str) -> String {
     format!("{prefix}-{}", random_suffix(8))
 }
 
-/// Every key of `namespace` (SCAN over its key patterns), on a blocking connection so that
-/// it also works from `Drop`.
+/// Every key of `namespace` (SCAN over its key patterns) on one node, on a blocking
+/// connection so that it also works from `Drop`.
 pub fn namespace_keys(
     conn: &mut redis::Connection,
     namespace: &Namespace,
@@ -34,21 +34,45 @@ pub fn namespace_keys(
     Ok(keys)
 }
 
-/// Deletes every key of `namespace`, 1,000 per `DEL`, on a blocking connection of its own
-/// (usable from `Drop`, where the async `agentfleet_queue::delete_namespace` cannot run).
-/// `DEL`, not `UNLINK`: the tests' restricted ACL users are granted it. Returns how many
-/// keys were deleted.
+/// Every key of `namespace` on the Redis `redis` reaches: on a cluster, on every master.
+pub fn all_namespace_keys(
+    redis: &RedisArgs,
+    namespace: &Namespace,
+) -> Result<Vec<String>, TestkitError> {
+    let mut keys = Vec::new();
+    for client in redis.master_clients()? {
+        keys.extend(namespace_keys(&mut node_connection(&client)?, namespace)?);
+    }
+    Ok(keys)
+}
+
+fn node_connection(client: &redis::Client) -> Result<redis::Connection, TestkitError> {
+    let conn = client.get_connection_with_timeout(Duration::from_secs(2))?;
+    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
+    Ok(conn)
+}
+
+/// Deletes every key of `namespace`, on blocking connections of its own (usable from
+/// `Drop`, where the async `agentfleet_queue::delete_namespace` cannot run): node by node on
+/// a cluster, one `DEL` per key pipelined 1,000 at a time (a cluster refuses one command
+/// over several slots). `DEL`, not `UNLINK`: the tests' restricted ACL users are granted it.
+/// Returns how many keys were deleted.
 pub fn delete_namespace_keys(
     redis: &RedisArgs,
     namespace: &Namespace,
 ) -> Result<u64, TestkitError> {
-    let client = redis.client()?;
-    let mut conn = client.get_connection_with_timeout(Duration::from_secs(2))?;
-    conn.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let keys = namespace_keys(&mut conn, namespace)?;
     let mut deleted = 0;
-    for chunk in keys.chunks(1_000) {
-        deleted += redis::cmd("DEL").arg(chunk).query::<u64>(&mut conn)?;
+    for client in redis.master_clients()? {
+        let mut conn = node_connection(&client)?;
+        let keys = namespace_keys(&mut conn, namespace)?;
+        for chunk in keys.chunks(1_000) {
+            let mut pipe = redis::pipe();
+            for key in chunk {
+                pipe.del(key);
+            }
+            let counts: Vec<u64> = pipe.query(&mut conn)?;
+            deleted += counts.iter().sum::<u64>();
+        }
     }
     Ok(deleted)
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use redis::aio::ConnectionManager;
+use crate::RedisConnection;
 use tokio::sync::mpsc;
 
 use super::health::Backoff;
@@ -15,7 +15,7 @@ use crate::queue::MAX_FETCH;
 
 pub(super) async fn fetch_loop(
     shared: Arc<Shared>,
-    mut blocking: ConnectionManager,
+    mut blocking: RedisConnection,
     out: mpsc::UnboundedSender<Delivery>,
 ) {
     let worker_id = shared.worker_id().to_owned();

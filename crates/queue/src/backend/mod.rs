@@ -25,11 +25,11 @@ use std::sync::atomic::AtomicBool;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use crate::RedisConnection;
 use agentfleet_job::{DecodeError, Envelope, JobError};
 use apalis_core::backend::{Backend, BackendConfig};
 use apalis_core::task::Task;
 use apalis_core::worker::context::WorkerContext;
-use redis::aio::ConnectionManager;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -232,7 +232,7 @@ impl RedisBackend {
     pub fn start(
         queue: Queue,
         store: Option<TaskStore>,
-        blocking_conn: ConnectionManager,
+        blocking_conn: RedisConnection,
         options: WorkerOptions,
         status: Arc<WorkerStatus>,
         observer: Option<Observer>,
