@@ -89,6 +89,21 @@ pub struct TasksArgs {
     /// At most this many (newest first).
     #[arg(long, default_value_t = 50, env = "AGENTFLEET_TASKS_LIMIT")]
     limit: usize,
+    /// Only stalled tasks: queued or running, unchanged for --stalled-for, and waiting for a
+    /// job that no queue holds (pending, scheduled or in flight). After a Redis Cluster
+    /// failover these are the tasks whose job was in the writes the old master had not
+    /// replicated; re-enqueue them. Reads whole queues: an audit, not a dashboard query.
+    #[arg(long, conflicts_with_all = ["status", "meta", "role", "since"])]
+    stalled: bool,
+    /// How long a task must be unchanged to count as stalled (e.g. 30s, 5m).
+    #[arg(
+        long,
+        value_parser = humantime::parse_duration,
+        default_value = "60s",
+        env = "AGENTFLEET_TASKS_STALLED_FOR",
+        value_name = "DURATION"
+    )]
+    stalled_for: Duration,
     #[arg(long)]
     json: bool,
 }
@@ -120,11 +135,23 @@ pub async fn tasks(fleet: &Fleet, args: TasksArgs) -> anyhow::Result<ExitCode> {
         text: None,
         limit: args.limit.max(1),
     };
-    let found = fleet
-        .store
-        .list_tasks(&filter)
-        .await
-        .context("reading the tasks index")?;
+    let found = if args.stalled {
+        let mut queues = std::collections::BTreeMap::new();
+        for role in fleet.pipeline.roles() {
+            queues.insert(role.to_owned(), fleet.queue(role)?);
+        }
+        fleet
+            .store
+            .stalled_tasks(&queues, args.stalled_for, filter.limit)
+            .await
+            .context("auditing the queues for stalled tasks")?
+    } else {
+        fleet
+            .store
+            .list_tasks(&filter)
+            .await
+            .context("reading the tasks index")?
+    };
     if args.json {
         for t in &found {
             println!("{}", serde_json::to_string(t)?);

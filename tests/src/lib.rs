@@ -44,6 +44,153 @@ pub fn redis_args() -> RedisArgs {
     }
 }
 
+/// A Redis Cluster of the test's own (three masters, one replica each, from
+/// scripts/redis-cluster.sh on ports `base..base+5`), for tests that break nodes; stopped and
+/// removed on drop. Tests that only use a cluster share the one `make test` starts.
+pub struct PrivateCluster {
+    base: u16,
+}
+
+impl PrivateCluster {
+    pub fn start(base: u16) -> Self {
+        let cluster = Self { base };
+        let out = cluster.script("start");
+        assert!(
+            out.status.success(),
+            "start a cluster on {base}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        cluster
+    }
+
+    fn script(&self, action: &str) -> Output {
+        Command::new("bash")
+            .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/redis-cluster.sh"))
+            .arg(action)
+            .env("AGENTFLEET_CLUSTER_PORT", self.base.to_string())
+            .output()
+            .expect("run scripts/redis-cluster.sh")
+    }
+
+    /// The seed list for `--redis-url`.
+    pub fn seeds(&self) -> String {
+        String::from_utf8_lossy(&self.script("seeds").stdout)
+            .trim()
+            .to_owned()
+    }
+
+    pub fn args(&self) -> RedisArgs {
+        RedisArgs::cluster(self.seeds())
+    }
+
+    /// The ports of the cluster's live masters.
+    pub fn masters(&self) -> Vec<u16> {
+        cluster_masters(self.base)
+    }
+
+    /// The port of the master that owns `key`'s slot, asked of any live node.
+    pub fn master_of(&self, key: &str) -> u16 {
+        master_of(self.base, key)
+    }
+
+    /// Sends SIGKILL to the node on `port` (its pid from the script's pid file).
+    pub fn kill9(&self, port: u16) {
+        let pidfile = format!("/tmp/agentfleet-cluster-{}/redis-{port}.pid", self.base);
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .expect("the node's pid file")
+            .trim()
+            .parse()
+            .expect("a pid");
+        kill(Pid::from_raw(pid), Signal::SIGKILL).expect("kill the node");
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        let _ = self.script("stop");
+    }
+}
+
+fn redis_cli(port: u16, args: &[&str]) -> Option<String> {
+    let out = Command::new("redis-cli")
+        .arg("-p")
+        .arg(port.to_string())
+        .args(args)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `CLUSTER NODES` from the first of the six nodes from `base` that answers.
+fn cluster_nodes(base: u16) -> String {
+    (base..base + 6)
+        .find_map(|p| redis_cli(p, &["cluster", "nodes"]).filter(|n| !n.is_empty()))
+        .expect("a live cluster node")
+}
+
+/// Ports of the live masters of the cluster on `base..base+5`.
+pub fn cluster_masters(base: u16) -> Vec<u16> {
+    cluster_nodes(base)
+        .lines()
+        .filter(|l| {
+            let flags = l.split_whitespace().nth(2).unwrap_or("");
+            flags.contains("master") && !flags.contains("fail")
+        })
+        .filter_map(|l| {
+            let addr = l.split_whitespace().nth(1)?;
+            addr.split('@').next()?.rsplit(':').next()?.parse().ok()
+        })
+        .collect()
+}
+
+/// The port of the master owning `key`'s slot in the cluster on `base..base+5`.
+pub fn master_of(base: u16, key: &str) -> u16 {
+    let port = (base..base + 6)
+        .find(|p| redis_cli(*p, &["ping"]).is_some())
+        .expect("a live cluster node");
+    let slot: u16 = redis_cli(port, &["cluster", "keyslot", key])
+        .and_then(|s| s.trim().parse().ok())
+        .expect("CLUSTER KEYSLOT");
+    cluster_nodes(base)
+        .lines()
+        .filter(|l| {
+            let flags = l.split_whitespace().nth(2).unwrap_or("");
+            flags.contains("master") && !flags.contains("fail")
+        })
+        .find_map(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            let owns = fields.iter().skip(8).any(|range| {
+                let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+                matches!((lo.parse::<u16>(), hi.parse::<u16>()), (Ok(lo), Ok(hi)) if lo <= slot && slot <= hi)
+            });
+            owns.then(|| fields[1].split('@').next()?.rsplit(':').next()?.parse().ok())
+                .flatten()
+        })
+        .expect("a master owns the slot")
+}
+
+/// README's `ACL SETUSER` line for `user`, for namespace `ns` with `password`: the test runs
+/// exactly what README tells operators to run.
+pub fn readme_acl(user: &str, ns: &str, password: &str) -> Vec<String> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    let prefix = format!("redis-cli ACL SETUSER {user} ");
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("README has no `{prefix}...` line"));
+    line.split_whitespace()
+        .skip(1)
+        .map(|w| {
+            w.trim_matches('\'')
+                .replace("agentfleet:", &format!("{ns}:"))
+                .replace("PASSWORD", password)
+        })
+        .collect()
+}
+
 /// A free loopback port (panics if there is none).
 pub fn free_port() -> u16 {
     agentfleet_testkit::free_port().unwrap_or_else(|e| panic!("{e}"))
@@ -164,14 +311,33 @@ impl Fleet {
         serde_json::from_str(&out).expect("status --json is a task record")
     }
 
+    /// Runs `pipe` on the fleet's Redis: on a single server with the test's own client, on
+    /// a cluster through agentfleet's own connection (which splits a pipeline by slot).
+    pub fn query_pipe<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> T {
+        if let Some(client) = &self.client {
+            let mut conn = client
+                .get_connection()
+                .expect("redis reachable for the tests");
+            return pipe.query(&mut conn).expect("pipeline");
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        runtime.block_on(async {
+            let mut conn = agentfleet_queue::connect(&self.redis, &Default::default())
+                .expect("connect to the cluster");
+            pipe.query_async(&mut conn).await.expect("pipeline")
+        })
+    }
+
     /// Statuses of many tasks, straight from Redis.
     pub fn statuses(&self, ids: &[String]) -> Vec<Option<TaskStatus>> {
-        let mut conn = self.conn();
         let mut pipe = redis::pipe();
         for id in ids {
             pipe.hget(self.ns().task(id), "status");
         }
-        let raw: Vec<Option<String>> = pipe.query(&mut conn).expect("read statuses");
+        let raw: Vec<Option<String>> = self.query_pipe(&pipe);
         raw.into_iter()
             .map(|s| s.and_then(|s| s.parse().ok()))
             .collect()
@@ -184,7 +350,7 @@ impl Fleet {
         for id in ids {
             pipe.hget(namespace.task(id), format!("{role}.state"));
         }
-        let states: Vec<Option<String>> = pipe.query(&mut self.conn()).expect("read states");
+        let states: Vec<Option<String>> = self.query_pipe(&pipe);
         states
             .iter()
             .filter(|s| s.as_deref() == Some("done"))

@@ -374,3 +374,52 @@ fn compose_runs_the_inspector_on_loopback_only() {
         );
     }
 }
+
+/// The KEDA trigger's list names are the keys crates/queue names (the chart cannot call it,
+/// so this test is where the two meet), summed over lanes by one formula, and on a cluster
+/// they use the redis-cluster scaler.
+#[test]
+fn keda_watches_every_lane_of_the_queue_crates_keys_and_sums_them() {
+    use agentfleet_job::Lane;
+    for cluster in [false, true] {
+        let docs = render(&[
+            "roles.reasoning.keda.enabled=true",
+            &format!("redis.cluster={cluster}"),
+            "keda.redisAddress=r1:7000\\,r2:7001",
+        ]);
+        let scaled = find(&docs, "ScaledObject", "af-agentfleet-reasoning");
+        let keys = agentfleet_queue::Namespace::new("agentfleet")
+            .unwrap()
+            .queue("reasoning")
+            .unwrap();
+        let triggers = scaled["spec"]["triggers"].as_sequence().unwrap();
+        let watched: BTreeSet<&str> = triggers
+            .iter()
+            .map(|t| t["metadata"]["listName"].as_str().unwrap())
+            .collect();
+        let lanes: BTreeSet<String> = [Lane::High, Lane::Normal, Lane::Low]
+            .into_iter()
+            .map(|lane| keys.pending_lane(lane))
+            .collect();
+        assert_eq!(
+            watched,
+            lanes.iter().map(String::as_str).collect::<BTreeSet<_>>()
+        );
+        let names: Vec<&str> = triggers
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            scaled["spec"]["advanced"]["scalingModifiers"]["formula"]
+                .as_str()
+                .unwrap(),
+            names.join(" + ")
+        );
+        let scaler = if cluster { "redis-cluster" } else { "redis" };
+        let address = if cluster { "addresses" } else { "address" };
+        for t in triggers {
+            assert_eq!(t["type"], scaler);
+            assert_eq!(t["metadata"][address], "r1:7000,r2:7001");
+        }
+    }
+}

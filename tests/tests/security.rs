@@ -148,26 +148,6 @@ fn a_wrong_ca_stops_workers_and_the_cli_at_start_up_naming_the_flag() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// README's `ACL SETUSER` line for `user`, for namespace `ns` with `password`: the test runs
-/// exactly what README tells operators to run.
-fn readme_acl(user: &str, ns: &str, password: &str) -> Vec<String> {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
-        .expect("README.md");
-    let prefix = format!("redis-cli ACL SETUSER {user} ");
-    let line = readme
-        .lines()
-        .find(|l| l.starts_with(&prefix))
-        .unwrap_or_else(|| panic!("README has no `{prefix}...` line"));
-    line.split_whitespace()
-        .skip(1)
-        .map(|w| {
-            w.trim_matches('\'')
-                .replace("agentfleet:", &format!("{ns}:"))
-                .replace("PASSWORD", password)
-        })
-        .collect()
-}
-
 #[test]
 fn the_pipeline_runs_as_the_readme_acl_users_and_fails_clearly_without_them() {
     let redis = PrivateRedis::start();
@@ -177,7 +157,7 @@ fn the_pipeline_runs_as_the_readme_acl_users_and_fails_clearly_without_them() {
         ("agentfleet-worker", "w0rker-pw"),
         ("agentfleet-cli", "cl1-pw"),
     ] {
-        let rule = readme_acl(user, &ns, password);
+        let rule = agentfleet_e2e::readme_acl(user, &ns, password);
         let args: Vec<&str> = rule.iter().map(String::as_str).collect();
         redis
             .admin(&args)

@@ -257,7 +257,15 @@ impl RedisArgs {
                 "--redis-url: every seed node must use the same scheme (all redis:// or all rediss://)".to_owned(),
             ));
         }
-        let mut builder = ClusterClientBuilder::new(seeds);
+        // redis-rs retries a request through redirections, reconnects and `CLUSTERDOWN`
+        // with a backoff; its defaults (16 retries, waits of up to 11 minutes) would hold a
+        // settlement for many minutes. These cover a failover (a node timeout plus an
+        // election: seconds) in under ten seconds; past that the caller's own backoff and
+        // health reporting take over.
+        let mut builder = ClusterClientBuilder::new(seeds)
+            .retries(6)
+            .min_retry_wait(100)
+            .max_retry_wait(1_500);
         if self.url.is_tls() {
             builder = builder.tls(if self.tls_insecure {
                 redis::TlsMode::Insecure
@@ -425,8 +433,9 @@ fn read_pem(flag: &str, path: &Path, kind: &str) -> Result<Vec<u8>, QueueError> 
 /// cluster case is handled here once: commands go to the node owning their key's slot
 /// (following `MOVED`/`ASK` and failovers), and a pipeline whose commands live in several
 /// slots is sent as one sub-pipeline per slot, concurrently, its replies put back in order.
-/// A cluster pipeline is therefore not one round trip nor ordered across slots; agentfleet
-/// pipelines only ever need order within a key.
+/// A cluster pipeline is therefore neither one round trip nor ordered across slots: a caller
+/// that needs one slot's writes to land before another's sends two pipelines (see
+/// `Queue::enqueue_tasks`: records, then the jobs that point at them).
 #[derive(Clone)]
 pub enum RedisConnection {
     Single(ConnectionManager),

@@ -1,3 +1,4 @@
+use std::collections::HashSet;
 use std::time::Duration;
 
 use crate::RedisConnection;
@@ -255,7 +256,8 @@ impl Queue {
     }
 
     /// Creates task records and pushes their first jobs together: one round trip per 1,000
-    /// tasks (records and entries go in one pipeline). Returns how many entries were new.
+    /// tasks (records and entries go in one pipeline; on a cluster, records first, then the
+    /// entries). Returns how many entries were new.
     pub async fn enqueue_tasks(
         &self,
         store: &TaskStore,
@@ -292,6 +294,12 @@ impl Queue {
                 store.add_to_batch_into(&mut pipe, batch, ids);
             }
             store.trim_index_into(&mut pipe, agentfleet_job::now_ms());
+            if conn.is_cluster() {
+                // A cluster pipeline runs its slots concurrently: the records must have
+                // landed before a worker can fetch a job for them.
+                pipe.query_async::<()>(&mut conn).await?;
+                pipe = redis::pipe();
+            }
             let entries: Vec<PushEntry> = chunk.iter().map(|t| t.push.clone()).collect();
             let guarded = entries.iter().any(|e| e.idempotency_key.is_some());
             let known = self
@@ -880,6 +888,43 @@ impl Queue {
                 .count() as u64,
             oldest_pending_age_ms,
         })
+    }
+
+    /// Ids of every job this queue holds waiting or running: pending in any lane, scheduled,
+    /// or in flight with a registered worker. For audits (`agentfleet tasks --stalled`): it
+    /// reads whole lists, and not atomically, so an entry moving while it is read can be
+    /// missed; a caller that finds a job missing looks again before it says so.
+    pub async fn waiting_or_running_job_ids(&self) -> Result<HashSet<String>, QueueError> {
+        let mut conn = self.conn.clone();
+        let lanes = self.lane_keys();
+        let (high, normal, low, scheduled, workers): (
+            Vec<Vec<u8>>,
+            Vec<Vec<u8>>,
+            Vec<Vec<u8>>,
+            Vec<Vec<u8>>,
+            Vec<String>,
+        ) = redis::pipe()
+            .lrange(&lanes[0], 0, -1)
+            .lrange(&lanes[1], 0, -1)
+            .lrange(&lanes[2], 0, -1)
+            .zrange(self.keys.scheduled(), 0, -1)
+            .zrange(self.keys.workers(), 0, -1)
+            .query_async(&mut conn)
+            .await?;
+        let mut entries: Vec<Vec<u8>> = [high, normal, low, scheduled].concat();
+        if !workers.is_empty() {
+            let mut pipe = redis::pipe();
+            for worker in &workers {
+                pipe.hkeys(self.keys.inflight(worker));
+                pipe.lrange(self.keys.claim(worker), 0, -1);
+            }
+            let held: Vec<Vec<Vec<u8>>> = pipe.query_async(&mut conn).await?;
+            entries.extend(held.into_iter().flatten());
+        }
+        Ok(entries
+            .iter()
+            .filter_map(|raw| agentfleet_job::peek_id(raw))
+            .collect())
     }
 
     /// Dead letters, newest first: `offset`, `limit` for pagination.

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use agentfleet_job::{Pipeline, TaskStatus};
+use agentfleet_job::{Pipeline, StageState, TaskStatus};
 use redis::AsyncCommands;
 
 use crate::{QueueError, TaskStore};
@@ -140,6 +140,70 @@ impl TaskStore {
             let _: i64 = conn.zrem(&index, &gone).await?;
         }
         Ok(found)
+    }
+
+    /// Tasks that wait for a job no queue holds: status `queued` or `running`, unchanged for
+    /// `quiet_for`, and the job of a role their current stage still waits on is neither
+    /// pending, scheduled nor in flight in that role's queue (`queues`, by role), on two
+    /// looks in a row. Nothing moves them on: on a Redis Cluster, a failover can lose the
+    /// writes the old master acknowledged but had not replicated (README, "Redis Cluster"),
+    /// and this is where such tasks are reported. Newest first, at most `limit`.
+    pub async fn stalled_tasks(
+        &self,
+        queues: &BTreeMap<String, crate::Queue>,
+        quiet_for: std::time::Duration,
+        limit: usize,
+    ) -> Result<Vec<TaskSummary>, QueueError> {
+        let cutoff = agentfleet_job::now_ms().saturating_sub(quiet_for.as_millis() as u64);
+        let mut candidates: Vec<(TaskSummary, Vec<String>)> = Vec::new();
+        for status in [TaskStatus::Queued, TaskStatus::Running] {
+            let filter = TaskFilter {
+                status: Some(status),
+                limit: MAX_EXAMINED,
+                ..TaskFilter::default()
+            };
+            for summary in self.list_tasks(&filter).await? {
+                if summary.updated_at_ms > cutoff {
+                    continue;
+                }
+                let Some(record) = self.get(&summary.task_id).await? else {
+                    continue;
+                };
+                let Ok(pipeline) = summary.pipeline.parse::<Pipeline>() else {
+                    continue;
+                };
+                let stage = record.stage.unwrap_or(0) as usize;
+                let waiting: Vec<String> = pipeline
+                    .stage(stage)
+                    .unwrap_or_default()
+                    .iter()
+                    .filter(|role| {
+                        record
+                            .stages
+                            .get(role.as_str())
+                            .is_none_or(|s| s.state != Some(StageState::Done))
+                    })
+                    .map(|role| role.to_string())
+                    .collect();
+                candidates.push((summary, waiting));
+            }
+        }
+        for _look in 0..2 {
+            let mut held: BTreeMap<&str, std::collections::HashSet<String>> = BTreeMap::new();
+            for (role, queue) in queues {
+                held.insert(role, queue.waiting_or_running_job_ids().await?);
+            }
+            candidates.retain(|(task, waiting)| {
+                waiting.iter().any(|role| {
+                    held.get(role.as_str())
+                        .is_some_and(|ids| !ids.contains(&task.task_id))
+                })
+            });
+        }
+        let mut stalled: Vec<TaskSummary> = candidates.into_iter().map(|(t, _)| t).collect();
+        stalled.sort_by(|a, b| b.created_at_ms.cmp(&a.created_at_ms));
+        stalled.truncate(limit);
+        Ok(stalled)
     }
 
     /// Takes one id off the tasks index (a record deleted by its own enqueue).

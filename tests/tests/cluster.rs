@@ -1,0 +1,302 @@
+//! agentfleet on Redis Cluster (issue "Outgrow one Redis"): the local cluster `make test`
+//! starts (scripts/redis-cluster.sh: three masters, one replica each), and for the test that
+//! kills a master, a cluster of its own.
+
+use std::time::{Duration, Instant};
+
+use agentfleet_e2e::{Fleet, PrivateCluster, wait_until};
+use agentfleet_job::TaskStatus;
+use agentfleet_queue::RedisArgs;
+
+/// The shared local cluster's seeds (`AGENTFLEET_TEST_REDIS_CLUSTER`, or the script's).
+fn shared_cluster() -> RedisArgs {
+    let seeds = std::env::var(agentfleet_e2e::CLUSTER_ENV)
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| {
+            "redis://127.0.0.1:7000,redis://127.0.0.1:7001,redis://127.0.0.1:7002".to_owned()
+        });
+    RedisArgs::cluster(seeds)
+}
+
+fn in_flight(fleet: &Fleet, role: &str) -> u64 {
+    fleet
+        .queue_counts()
+        .as_array()
+        .and_then(|roles| roles.iter().find(|r| r["role"] == role))
+        .and_then(|r| r["in_flight"].as_u64())
+        .unwrap_or(0)
+}
+
+#[test]
+fn the_pipeline_runs_on_the_cluster() {
+    let fleet = Fleet::with("cl-pipe", shared_cluster());
+    let _r1 = fleet.worker("reasoning").arg("--concurrency", 50).spawn();
+    let _r2 = fleet.worker("reasoning").arg("--concurrency", 50).spawn();
+    let _s1 = fleet.worker("synthesis").arg("--concurrency", 50).spawn();
+    let _s2 = fleet.worker("synthesis").arg("--concurrency", 50).spawn();
+    let ids = fleet.enqueue_many(2_000, "cluster");
+    assert!(
+        wait_until(Duration::from_secs(60), || fleet
+            .count_status(&ids, TaskStatus::Done)
+            == ids.len()),
+        "{:?}",
+        fleet.queue_counts()
+    );
+    let counts = fleet.settled_counts();
+    for role in counts.as_array().unwrap() {
+        assert_eq!(role["done"], 2_000, "{counts:?}");
+        assert_eq!(role["dead"], 0, "{counts:?}");
+    }
+    let record = fleet.record(&ids[0]);
+    assert!(record.answer.is_some_and(|a| !a.is_empty()));
+    // The queue keys of a role share one slot: each script's keys are co-located.
+    let keys = fleet.keys();
+    let tag = format!("{{{}:reasoning}}", fleet.namespace);
+    assert!(keys.iter().any(|k| k.starts_with(&tag)), "{keys:?}");
+}
+
+#[test]
+fn a_worker_killed_on_the_cluster_has_its_jobs_recovered_within_the_lease() {
+    let fleet = Fleet::with("cl-kill9", shared_cluster());
+    let mut doomed = fleet
+        .worker("reasoning")
+        .arg("--concurrency", 30)
+        .arg("--mock-latency-ms", 30_000)
+        .arg("--lease-timeout-secs", 2)
+        .spawn();
+    let ids = fleet.enqueue_many(30, "crash");
+    assert!(
+        wait_until(Duration::from_secs(10), || in_flight(&fleet, "reasoning")
+            == 30),
+        "{:?}",
+        fleet.queue_counts()
+    );
+    doomed.kill9();
+    let killed_at = Instant::now();
+    let _survivor = fleet
+        .worker("reasoning")
+        .arg("--concurrency", 30)
+        .arg("--lease-timeout-secs", 2)
+        .spawn();
+    let _s = fleet.worker("synthesis").spawn();
+    assert!(
+        wait_until(Duration::from_secs(30), || fleet
+            .count_status(&ids, TaskStatus::Done)
+            == ids.len()),
+        "{:?}",
+        fleet.queue_counts()
+    );
+    let took = killed_at.elapsed();
+    eprintln!("recovered all 30 jobs {took:?} after kill -9 (lease 2 s)");
+    let counts = fleet.settled_counts();
+    assert_eq!(counts[0]["recovered"], 30, "{counts:?}");
+    assert_eq!(
+        counts[1]["done"], 30,
+        "one synthesis job per task: {counts:?}"
+    );
+}
+
+/// A master SIGKILLed mid-drain: its replica takes over, the workers and the producer carry
+/// on, and every task ends done, or is reported: a write the dead master acknowledged but had
+/// not yet replicated is gone (Redis replicates asynchronously), and a task whose job was such
+/// a write stays waiting with no job anywhere. `agentfleet tasks --stalled` lists those.
+#[test]
+fn a_master_killed_mid_drain_fails_over_and_no_task_is_silently_lost() {
+    let cluster = PrivateCluster::start(7100);
+    let fleet = Fleet::with("cl-failover", cluster.args());
+    let worker = |role: &str| {
+        fleet
+            .worker(role)
+            .arg("--concurrency", 20)
+            .arg("--mock-latency-ms", 20)
+            .arg("--lease-timeout-secs", 3)
+            .spawn()
+    };
+    let _workers = [
+        worker("reasoning"),
+        worker("reasoning"),
+        worker("synthesis"),
+        worker("synthesis"),
+    ];
+    let ids = fleet.enqueue_many(2_000, "failover");
+    assert!(
+        wait_until(Duration::from_secs(30), || fleet
+            .count_stage_done(&ids, "synthesis")
+            >= 300),
+        "{:?}",
+        fleet.queue_counts()
+    );
+    let victim = cluster.master_of(&format!("{{{}:reasoning}}", fleet.namespace));
+    cluster.kill9(victim);
+    let killed_at = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(30), || cluster.masters().len() == 3
+            && !cluster.masters().contains(&victim)),
+        "a replica took over from {victim}"
+    );
+    eprintln!("replica promoted {:?} after the kill", killed_at.elapsed());
+    let before = fleet.count_stage_done(&ids, "synthesis");
+    assert!(
+        wait_until(Duration::from_secs(20), || fleet
+            .count_stage_done(&ids, "synthesis")
+            > before + 100),
+        "the workers carry on after the failover: {:?}",
+        fleet.queue_counts()
+    );
+    eprintln!(
+        "workers carried on {:?} after the kill",
+        killed_at.elapsed()
+    );
+    // The producer carries on: a second batch enqueued after the failover.
+    let more = fleet.enqueue_many(200, "after");
+    let all: Vec<String> = ids.iter().chain(&more).cloned().collect();
+    let settled = |fleet: &Fleet| {
+        let counts = fleet.queue_counts();
+        counts.as_array().is_some_and(|roles| {
+            roles
+                .iter()
+                .all(|r| r["pending"] == 0 && r["in_flight"] == 0 && r["scheduled"] == 0)
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(90), || settled(&fleet)
+            && fleet.count_status(&all, TaskStatus::Done)
+                + stalled(&fleet).len()
+                == all.len()),
+        "{:?} done {} stalled {}",
+        fleet.queue_counts(),
+        fleet.count_status(&all, TaskStatus::Done),
+        stalled(&fleet).len()
+    );
+    let lost = stalled(&fleet);
+    eprintln!(
+        "failover: {} of {} tasks done, {} reported stalled (writes lost in the replication window), {:?} after the kill",
+        fleet.count_status(&all, TaskStatus::Done),
+        all.len(),
+        lost.len(),
+        killed_at.elapsed()
+    );
+    assert_eq!(fleet.count_status(&all, TaskStatus::Dead), 0);
+}
+
+/// Task ids `agentfleet tasks --stalled` reports (unchanged for 5 s).
+fn stalled(fleet: &Fleet) -> Vec<String> {
+    let out = fleet.cli_ok(&[
+        "tasks",
+        "--stalled",
+        "--stalled-for",
+        "5s",
+        "--limit",
+        "100000",
+        "--json",
+    ]);
+    out.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter_map(|t| t["task_id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The report itself, on one Redis: jobs deleted behind the fleet's back (as a failover loses
+/// them) make their tasks stalled; a task whose job waits is not.
+#[test]
+fn tasks_whose_job_is_gone_are_reported_stalled() {
+    let fleet = Fleet::new("stalled");
+    let lost = fleet.enqueue_many(3, "lost");
+    let _: () = redis::cmd("DEL")
+        .arg(fleet.queue_keys("reasoning").pending())
+        .query(&mut fleet.conn())
+        .expect("drop the pending list");
+    let kept = fleet.enqueue_many(1, "kept");
+    let out = fleet.cli_ok(&["tasks", "--stalled", "--stalled-for", "0s", "--json"]);
+    let mut reported: Vec<String> = out
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter_map(|t| t["task_id"].as_str().map(str::to_owned))
+        .collect();
+    reported.sort();
+    let mut expected = lost.clone();
+    expected.sort();
+    assert_eq!(reported, expected, "kept: {kept:?}");
+    // A task changed within --stalled-for is not judged yet.
+    let out = fleet.cli_ok(&["tasks", "--stalled", "--stalled-for", "1h", "--json"]);
+    assert_eq!(out.trim(), "");
+}
+
+/// README's least-rights ACL users, created on every node of the cluster (ACLs are per node),
+/// run the pipeline (workers) and the CLI.
+#[test]
+fn the_readme_acl_users_run_the_pipeline_on_the_cluster() {
+    let admin = Fleet::with("cl-acl", shared_cluster());
+    let ns = admin.namespace.clone();
+    let suffix = ns.rsplit('-').next().unwrap_or("x").to_owned();
+    let ports = 7000..7006u16;
+    let mut users = Vec::new();
+    for (readme_user, password) in [
+        ("agentfleet-worker", "w0rker-pw"),
+        ("agentfleet-cli", "cl1-pw"),
+    ] {
+        let mut rule = agentfleet_e2e::readme_acl(readme_user, &ns, password);
+        let user = format!("{readme_user}-{suffix}");
+        rule[2] = user.clone();
+        for port in ports.clone() {
+            let out = std::process::Command::new("redis-cli")
+                .arg("-p")
+                .arg(port.to_string())
+                .args(&rule)
+                .output()
+                .expect("redis-cli");
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout).trim(),
+                "OK",
+                "{rule:?} on {port}"
+            );
+        }
+        users.push((user, password));
+    }
+    let _deluser = DelUsers(users.iter().map(|(u, _)| u.clone()).collect());
+    let as_user = |(user, password): &(String, &str)| {
+        let seeds: Vec<String> = [7000, 7001, 7002]
+            .iter()
+            .map(|p| format!("redis://{user}:{password}@127.0.0.1:{p}"))
+            .collect();
+        let mut fleet = Fleet::with("cl-acl", RedisArgs::cluster(seeds.join(",")));
+        fleet.namespace = ns.clone();
+        fleet
+    };
+    let workers = as_user(&users[0]);
+    let cli = as_user(&users[1]);
+    let _r = workers.worker("reasoning").spawn();
+    let _s = workers.worker("synthesis").spawn();
+    let ids = cli.enqueue_many(200, "acl");
+    assert!(
+        wait_until(Duration::from_secs(30), || cli
+            .count_status(&ids, TaskStatus::Done)
+            == ids.len()),
+        "{:?}",
+        cli.queue_counts()
+    );
+    assert!(cli.record(&ids[0]).answer.is_some());
+    let counts = cli.settled_counts();
+    assert_eq!(counts[1]["done"], 200, "{counts:?}");
+    cli.cli_ok(&["tasks", "--limit", "5"]);
+    cli.cli_ok(&["dlq", "list"]);
+    cli.cli_ok(&["workers"]);
+}
+
+/// Deletes the test's ACL users from every node of the shared cluster when the test ends.
+struct DelUsers(Vec<String>);
+
+impl Drop for DelUsers {
+    fn drop(&mut self) {
+        for port in 7000..7006u16 {
+            let _ = std::process::Command::new("redis-cli")
+                .arg("-p")
+                .arg(port.to_string())
+                .arg("ACL")
+                .arg("DELUSER")
+                .args(&self.0)
+                .output();
+        }
+    }
+}
