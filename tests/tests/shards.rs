@@ -205,3 +205,122 @@ fn dead_letters_are_listed_across_shards_and_replayed_from_theirs() {
     );
     assert_eq!(fleet.queue_counts()[0]["dead"], 0);
 }
+
+/// The local Redis Cluster (3 masters, `scripts/redis-cluster.sh`), started if it is not up:
+/// its seed list and a connection to its first node.
+fn local_cluster() -> (String, redis::Connection) {
+    let script = |what: &str| {
+        let out = std::process::Command::new("bash")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/redis-cluster.sh"))
+            .arg(what)
+            .output()
+            .expect("run scripts/redis-cluster.sh");
+        assert!(
+            out.status.success(),
+            "redis-cluster.sh {what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    script("start");
+    let seeds = script("seeds");
+    let first = seeds.split(',').next().expect("a seed").to_owned();
+    let conn = redis::Client::open(first)
+        .and_then(|c| c.get_connection())
+        .expect("reach the cluster's first node");
+    (seeds, conn)
+}
+
+/// Slot ranges of the cluster's masters: (first slot, last slot, master port).
+fn slot_masters(conn: &mut redis::Connection) -> Vec<(u16, u16, u16)> {
+    let slots: Vec<Vec<redis::Value>> = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query(conn)
+        .expect("CLUSTER SLOTS");
+    slots
+        .into_iter()
+        .map(|range| {
+            let start: u16 = redis::from_redis_value(range[0].clone()).expect("start slot");
+            let end: u16 = redis::from_redis_value(range[1].clone()).expect("end slot");
+            let master: Vec<redis::Value> =
+                redis::from_redis_value(range[2].clone()).expect("master");
+            let port: u16 = redis::from_redis_value(master[1].clone()).expect("port");
+            (start, end, port)
+        })
+        .collect()
+}
+
+fn master_of(conn: &mut redis::Connection, masters: &[(u16, u16, u16)], key: &str) -> u16 {
+    let slot: u16 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(key)
+        .query(conn)
+        .expect("CLUSTER KEYSLOT");
+    masters
+        .iter()
+        .find(|(start, end, _)| (*start..=*end).contains(&slot))
+        .map(|(_, _, port)| *port)
+        .expect("every slot has a master")
+}
+
+#[test]
+fn on_a_cluster_the_shards_of_a_role_live_on_different_masters_and_all_work_is_done() {
+    let (seeds, mut node) = local_cluster();
+    let masters = slot_masters(&mut node);
+    let roles = ["reasoning", "synthesis"];
+    // A namespace whose 3 shards of each role hash to 3 different masters.
+    let fleet = (0..1_000)
+        .map(|_| Fleet::with("shards-cl", agentfleet_queue::RedisArgs::cluster(&seeds)))
+        .find(|fleet| {
+            roles.iter().all(|role| {
+                let mut on: Vec<u16> = (0..3)
+                    .map(|k| {
+                        let keys = fleet.ns().queue_shard(role, k).expect("role");
+                        master_of(&mut node, &masters, &keys.pending())
+                    })
+                    .collect();
+                on.sort_unstable();
+                on.dedup();
+                on.len() == 3
+            })
+        })
+        .expect("a namespace spreading the shards over the masters")
+        .with_shards(3);
+    for role in roles {
+        for k in 0..3 {
+            let keys = fleet.ns().queue_shard(role, k).expect("role");
+            let slots: Vec<u16> = [keys.pending(), keys.inflight("w"), keys.dead(), keys.wake()]
+                .iter()
+                .map(|key| {
+                    redis::cmd("CLUSTER")
+                        .arg("KEYSLOT")
+                        .arg(key)
+                        .query(&mut node)
+                        .expect("CLUSTER KEYSLOT")
+                })
+                .collect();
+            assert!(slots.windows(2).all(|w| w[0] == w[1]), "{role} {k}: {slots:?}");
+        }
+    }
+    let _r1 = fleet.worker("reasoning").arg("--concurrency", 50).spawn();
+    let _r2 = fleet.worker("reasoning").arg("--concurrency", 50).spawn();
+    let _s1 = fleet.worker("synthesis").arg("--concurrency", 50).spawn();
+    let _s2 = fleet.worker("synthesis").arg("--concurrency", 50).spawn();
+    let ids = fleet.enqueue_many(2_000, "On a cluster");
+    assert_eq!(ids.len(), 2_000);
+    assert!(
+        wait_until(Duration::from_secs(120), || fleet.queue_counts()[1]["done"]
+            == 2_000),
+        "not all tasks finished: {:?}",
+        fleet.queue_counts()
+    );
+    let counts = fleet.settled_counts();
+    for i in 0..2 {
+        assert_eq!(counts[i]["done"], 2_000, "{counts}");
+        let done = per_shard(&counts, i, "done");
+        assert!(done.iter().all(|n| *n > 400), "{done:?}");
+    }
+    for id in ids.iter().step_by(200) {
+        assert_eq!(fleet.record(id).status, TaskStatus::Done);
+    }
+}
