@@ -267,8 +267,9 @@ impl Fleet {
     /// Records the fleet's pipeline, or checks that this producer's agrees with it: before
     /// a producer writes anything.
     pub async fn agree(&self) -> anyhow::Result<()> {
-        agree_on_pipeline(&self.conn, &self.namespace, &self.pipeline).await?;
+        // The shards first: a recorded pipeline without a shard count means one shard.
         agentfleet_queue::agree_on_shards(&self.conn, &self.namespace, self.shards).await?;
+        agree_on_pipeline(&self.conn, &self.namespace, &self.pipeline).await?;
         Ok(())
     }
 

@@ -88,6 +88,25 @@ fn a_process_with_another_shard_count_is_refused() {
         log.contains("3 shards") && log.contains("given 2"),
         "the error names both counts: {log}"
     );
+    // A fleet that has run with one shard records no count: joining it with 2 is refused.
+    let single = Fleet::new("shards-was-one");
+    single.enqueue_many(1, "first");
+    assert!(
+        !single.keys().iter().any(|k| k == &single.ns().shards()),
+        "a one-shard fleet keeps its keys"
+    );
+    let mut joining = single.worker("reasoning").arg("--shards", 2).start();
+    assert_eq!(
+        joining.wait_exit(Duration::from_secs(10)),
+        Some(Some(64)),
+        "{}",
+        joining.log()
+    );
+    assert!(
+        joining.log().contains("1 shards") && joining.log().contains("given 2"),
+        "{}",
+        joining.log()
+    );
     let out = fleet.cli_with(&["enqueue", "x"], &[("AGENTFLEET_SHARDS", "5")]);
     assert_eq!(out.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -211,7 +230,10 @@ fn dead_letters_are_listed_across_shards_and_replayed_from_theirs() {
 fn local_cluster() -> (String, redis::Connection) {
     let script = |what: &str| {
         let out = std::process::Command::new("bash")
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/redis-cluster.sh"))
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../scripts/redis-cluster.sh"
+            ))
             .arg(what)
             .output()
             .expect("run scripts/redis-cluster.sh");
@@ -299,7 +321,10 @@ fn on_a_cluster_the_shards_of_a_role_live_on_different_masters_and_all_work_is_d
                         .expect("CLUSTER KEYSLOT")
                 })
                 .collect();
-            assert!(slots.windows(2).all(|w| w[0] == w[1]), "{role} {k}: {slots:?}");
+            assert!(
+                slots.windows(2).all(|w| w[0] == w[1]),
+                "{role} {k}: {slots:?}"
+            );
         }
     }
     let _r1 = fleet.worker("reasoning").arg("--concurrency", 50).spawn();
@@ -311,8 +336,9 @@ fn on_a_cluster_the_shards_of_a_role_live_on_different_masters_and_all_work_is_d
     assert!(
         wait_until(Duration::from_secs(120), || fleet.queue_counts()[1]["done"]
             == 2_000),
-        "not all tasks finished: {:?}",
-        fleet.queue_counts()
+        "not all tasks finished: {:?}\n{}",
+        fleet.queue_counts(),
+        fleet.cli_ok(&["dlq", "list", "--limit", "5"])
     );
     let counts = fleet.settled_counts();
     for i in 0..2 {

@@ -226,10 +226,13 @@ pub async fn agree_on_pipeline(
     Ok(())
 }
 
-/// Makes sure this process and the fleet agree on the shard count (`--shards`): the first
-/// producer or worker of a namespace records it (`<namespace>:shards`); a later one with
-/// another count is refused, since it would push to or take from other shards than the
-/// fleet's (entries of a dropped shard would be stranded).
+/// Makes sure this process and the fleet agree on the shard count (`--shards`), before it
+/// agrees on the pipeline: the first producer or worker with N > 1 records N
+/// (`<namespace>:shards`); a later one with another count is refused, since it would push
+/// to or take from other shards than the fleet's (entries of a dropped shard would be
+/// stranded). No key means 1, so a one-shard fleet keeps exactly its keys: a process with
+/// N > 1 that finds no key but a recorded pipeline joins a fleet that has run with one
+/// shard, and is refused too.
 pub async fn agree_on_shards(
     conn: &RedisConnection,
     namespace: &Namespace,
@@ -237,20 +240,38 @@ pub async fn agree_on_shards(
 ) -> Result<(), QueueError> {
     let mut conn = conn.clone();
     let key = namespace.shards();
-    let (_, stored): (Option<String>, String) = redis::pipe()
-        .cmd("SET")
-        .arg(&key)
-        .arg(shards)
-        .arg("NX")
+    let refused = |stored: &str| {
+        QueueError::Config(format!(
+            "this fleet has {stored} shards per queue but this process was given {shards} (--shards / AGENTFLEET_SHARDS); give the same (changing it strands the entries of dropped shards: drain the fleet, stop every process, then `SET {key} N`, or DEL it for 1)"
+        ))
+    };
+    let (stored, ran): (Option<String>, bool) = redis::pipe()
         .get(&key)
+        .exists(namespace.pipeline())
         .query_async(&mut conn)
         .await?;
-    if stored != shards.to_string() {
-        return Err(QueueError::Config(format!(
-            "this fleet has {stored} shards per queue but this process was given {shards} (--shards / AGENTFLEET_SHARDS); give the same (changing it strands the entries of dropped shards: drain the fleet and delete {key} first)"
-        )));
+    match stored {
+        Some(stored) if stored == shards.to_string() => Ok(()),
+        Some(stored) => Err(refused(&stored)),
+        None if shards == 1 => Ok(()),
+        None if ran => Err(refused("1")),
+        None => {
+            // `SET .. NX` rather than SETNX: one command the ACL rules already grant.
+            let (_, stored): (Option<String>, String) = redis::pipe()
+                .cmd("SET")
+                .arg(&key)
+                .arg(shards)
+                .arg("NX")
+                .get(&key)
+                .query_async(&mut conn)
+                .await?;
+            if stored == shards.to_string() {
+                Ok(())
+            } else {
+                Err(refused(&stored))
+            }
+        }
     }
-    Ok(())
 }
 
 /// The fleet's recorded shard count, if any process recorded one yet.

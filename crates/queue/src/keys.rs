@@ -67,7 +67,8 @@ impl Namespace {
     }
 
     /// STRING: the fleet's shard count (`--shards`), recorded by its first producer or
-    /// worker, so that one started with another count is refused.
+    /// worker with more than one, so that one started with another count is refused
+    /// (absent: one shard).
     pub fn shards(&self) -> String {
         format!("{}:shards", self.0)
     }

@@ -1287,6 +1287,23 @@ mod tests {
     }
 
     #[test]
+    fn shards_are_fnv1a_of_the_routing_key() {
+        // FNV-1a 64 of "a" is 0xaf63dc4c8601ec8c: the documented, stable rule.
+        for n in [2usize, 3, 7, 64] {
+            assert_eq!(
+                super::shard_of("a", n),
+                (0xaf63_dc4c_8601_ec8c_u64 % n as u64) as usize
+            );
+        }
+        assert_eq!(super::shard_of("anything", 1), 0);
+        let mut seen = [0usize; 4];
+        for i in 0..4_000 {
+            seen[super::shard_of(&format!("01J{i:023}"), 4)] += 1;
+        }
+        assert!(seen.iter().all(|n| *n > 800), "{seen:?}");
+    }
+
+    #[test]
     fn unreadable_ids_are_the_sha1_redis_computes() {
         // redis-cli EVAL "return redis.sha1hex(ARGV[1])" 0 'not json'
         assert_eq!(

@@ -545,8 +545,9 @@ async fn agree_with_fleet(
 ) -> Result<(), RuntimeError> {
     let mut wait = Duration::from_millis(100);
     loop {
-        let agreed = match agree_on_pipeline(conn, namespace, pipeline).await {
-            Ok(()) => agree_on_shards(conn, namespace, shards).await,
+        // The shards first: a recorded pipeline without a shard count means one shard.
+        let agreed = match agree_on_shards(conn, namespace, shards).await {
+            Ok(()) => agree_on_pipeline(conn, namespace, pipeline).await,
             Err(e) => Err(e),
         };
         match agreed {
