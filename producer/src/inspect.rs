@@ -374,7 +374,7 @@ pub async fn watch_queues(fleet: &Fleet, every: Duration) -> anyhow::Result<Exit
 pub async fn queues(fleet: &Fleet, json: bool) -> anyhow::Result<ExitCode> {
     let rows = rows(fleet).await?;
     if json {
-        let out: Vec<_> = rows
+        let mut out: Vec<_> = rows
             .iter()
             .map(|(role, c, workers, review)| {
                 serde_json::json!({
@@ -398,6 +398,32 @@ pub async fn queues(fleet: &Fleet, json: bool) -> anyhow::Result<ExitCode> {
                 })
             })
             .collect();
+        if fleet.shards > 1 {
+            // A sharded fleet: each role's counts per shard too (the totals above sum them).
+            for (row, (role, ..)) in out.iter_mut().zip(&rows) {
+                let per_shard = fleet
+                    .queue(role)?
+                    .counts_per_shard(fleet.lease)
+                    .await
+                    .with_context(|| format!("reading queue {role}"))?;
+                row["shards"] = per_shard
+                    .iter()
+                    .enumerate()
+                    .map(|(shard, c)| {
+                        serde_json::json!({
+                            "shard": shard,
+                            "pending": c.pending,
+                            "in_flight": c.in_flight,
+                            "scheduled": c.scheduled,
+                            "dead": c.dead,
+                            "done": c.succeeded,
+                            "retried": c.retried,
+                            "recovered": c.recovered,
+                        })
+                    })
+                    .collect();
+            }
+        }
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
     }

@@ -241,6 +241,9 @@ pub struct Fleet {
     pub store: TaskStore,
     pub pipeline: Pipeline,
     pub lease: Duration,
+    /// Shards of every role's queue: what the fleet recorded for readers, `--shards` for a
+    /// producer (which must agree with the fleet's, `Fleet::agree`).
+    pub shards: usize,
     conn: agentfleet_queue::RedisConnection,
 }
 
@@ -253,6 +256,7 @@ impl Fleet {
             ));
         }
         Ok(Queue::new(self.conn.clone(), &self.namespace, role)?
+            .with_shards(&self.namespace, self.shards)?
             .with_idempotency_ttl(self.store.ttl()))
     }
 
@@ -263,6 +267,8 @@ impl Fleet {
     /// Records the fleet's pipeline, or checks that this producer's agrees with it: before
     /// a producer writes anything.
     pub async fn agree(&self) -> anyhow::Result<()> {
+        // The shards first: a recorded pipeline without a shard count means one shard.
+        agentfleet_queue::agree_on_shards(&self.conn, &self.namespace, self.shards).await?;
         agree_on_pipeline(&self.conn, &self.namespace, &self.pipeline).await?;
         Ok(())
     }
@@ -327,7 +333,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             None => given,
         },
     };
+    let given_shards = ns.map_or(1, |n| n.shards);
+    let shards = match &command {
+        Command::Enqueue(_) | Command::DeleteNamespace { .. } => given_shards,
+        // Readers (and dlq replay, which acts on the shard holding each letter) see every
+        // shard the fleet recorded, whatever the flag says.
+        _ => agentfleet_queue::recorded_shards(&conn, &namespace)
+            .await?
+            .unwrap_or(given_shards),
+    };
     let fleet = Fleet {
+        shards,
         store: TaskStore::new(conn.clone(), namespace.clone(), ttl)
             .with_events_maxlen(events_maxlen),
         namespace,

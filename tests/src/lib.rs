@@ -204,6 +204,8 @@ pub struct Fleet {
     pub redis: RedisArgs,
     /// The fleet's pipeline (`AGENTFLEET_PIPELINE` for every process), if not the default.
     pub pipeline: Option<String>,
+    /// The fleet's `--shards` (`AGENTFLEET_SHARDS` for every process), if not 1.
+    pub shards: Option<usize>,
     /// None on a cluster: a single-server client would reach one node of it.
     client: Option<redis::Client>,
     /// Deletes the namespace's keys when the fleet is dropped (after the workers the test
@@ -231,6 +233,7 @@ impl Fleet {
             redis_url: redis.url.expose_secret().to_owned(),
             redis,
             pipeline: None,
+            shards: None,
             client,
             _scratch: scratch,
         }
@@ -242,10 +245,18 @@ impl Fleet {
         self
     }
 
+    /// Runs every process of this fleet with `shards` shards per role's queue.
+    pub fn with_shards(mut self, shards: usize) -> Self {
+        self.shards = Some(shards);
+        self
+    }
+
+    /// The fleet-wide settings every process gets: the pipeline and the shard count.
     fn pipeline_env(&self) -> Vec<(&'static str, String)> {
         self.pipeline
             .iter()
             .map(|p| ("AGENTFLEET_PIPELINE", p.clone()))
+            .chain(self.shards.map(|n| ("AGENTFLEET_SHARDS", n.to_string())))
             .collect()
     }
 

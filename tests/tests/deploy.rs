@@ -381,26 +381,27 @@ fn compose_runs_the_inspector_on_loopback_only() {
 #[test]
 fn keda_watches_every_lane_of_the_queue_crates_keys_and_sums_them() {
     use agentfleet_job::Lane;
-    for cluster in [false, true] {
+    for (cluster, shards) in [(false, 1), (true, 2)] {
         let docs = render(&[
             "roles.reasoning.keda.enabled=true",
             &format!("redis.cluster={cluster}"),
+            &format!("shards={shards}"),
             "keda.redisAddress=r1:7000\\,r2:7001",
         ]);
         let scaled = find(&docs, "ScaledObject", "af-agentfleet-reasoning");
-        let keys = agentfleet_queue::Namespace::new("agentfleet")
-            .unwrap()
-            .queue("reasoning")
-            .unwrap();
+        let namespace = agentfleet_queue::Namespace::new("agentfleet").unwrap();
         let triggers = scaled["spec"]["triggers"].as_sequence().unwrap();
         let watched: BTreeSet<&str> = triggers
             .iter()
             .map(|t| t["metadata"]["listName"].as_str().unwrap())
             .collect();
-        let lanes: BTreeSet<String> = [Lane::High, Lane::Normal, Lane::Low]
-            .into_iter()
-            .map(|lane| keys.pending_lane(lane))
+        let lanes: BTreeSet<String> = (0..shards)
+            .flat_map(|shard| {
+                let keys = namespace.queue_shard("reasoning", shard).unwrap();
+                [Lane::High, Lane::Normal, Lane::Low].map(|lane| keys.pending_lane(lane))
+            })
             .collect();
+        assert_eq!(lanes.len(), 3 * shards);
         assert_eq!(
             watched,
             lanes.iter().map(String::as_str).collect::<BTreeSet<_>>()

@@ -42,7 +42,27 @@ pub struct NamespaceArgs {
         default_value = "agentfleet"
     )]
     pub namespace: String,
+
+    /// Shards of every role's queue (one value for the whole fleet, all roles). Each shard
+    /// is a hash tag of its own (its own Redis Cluster slot), so a busy role's queue spreads
+    /// over the cluster's masters; a task's jobs go to the shard its id hashes to, and
+    /// workers take from every shard. FIFO holds per shard only. Every producer and worker
+    /// of a fleet must give the same value (the first records it; another is refused), and
+    /// it must not change while the fleet has work: drain first.
+    #[arg(
+        long,
+        global = true,
+        env = "AGENTFLEET_SHARDS",
+        value_name = "N",
+        default_value_t = 1,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=MAX_SHARDS as u64)
+    )]
+    pub shards: usize,
 }
+
+/// Most shards a role's queue may have (`--shards`): a worker keeps a blocking connection
+/// per shard.
+pub const MAX_SHARDS: usize = 64;
 
 /// How long a silent worker is trusted.
 #[derive(Debug, Clone, clap::Args)]
@@ -204,6 +224,72 @@ pub async fn agree_on_pipeline(
         )));
     }
     Ok(())
+}
+
+/// Makes sure this process and the fleet agree on the shard count (`--shards`), before it
+/// agrees on the pipeline: the first producer or worker with N > 1 records N
+/// (`<namespace>:shards`); a later one with another count is refused, since it would push
+/// to or take from other shards than the fleet's (entries of a dropped shard would be
+/// stranded). No key means 1, so a one-shard fleet keeps exactly its keys: a process with
+/// N > 1 that finds no key but a recorded pipeline joins a fleet that has run with one
+/// shard, and is refused too.
+pub async fn agree_on_shards(
+    conn: &RedisConnection,
+    namespace: &Namespace,
+    shards: usize,
+) -> Result<(), QueueError> {
+    let mut conn = conn.clone();
+    let key = namespace.shards();
+    let refused = |stored: &str| {
+        QueueError::Config(format!(
+            "this fleet has {stored} shards per queue but this process was given {shards} (--shards / AGENTFLEET_SHARDS); give the same (changing it strands the entries of dropped shards: drain the fleet, stop every process, then `SET {key} N`, or DEL it for 1)"
+        ))
+    };
+    let (stored, ran): (Option<String>, bool) = redis::pipe()
+        .get(&key)
+        .exists(namespace.pipeline())
+        .query_async(&mut conn)
+        .await?;
+    match stored {
+        Some(stored) if stored == shards.to_string() => Ok(()),
+        Some(stored) => Err(refused(&stored)),
+        None if shards == 1 => Ok(()),
+        None if ran => Err(refused("1")),
+        None => {
+            // `SET .. NX` rather than SETNX: one command the ACL rules already grant.
+            let (_, stored): (Option<String>, String) = redis::pipe()
+                .cmd("SET")
+                .arg(&key)
+                .arg(shards)
+                .arg("NX")
+                .get(&key)
+                .query_async(&mut conn)
+                .await?;
+            if stored == shards.to_string() {
+                Ok(())
+            } else {
+                Err(refused(&stored))
+            }
+        }
+    }
+}
+
+/// The fleet's recorded shard count, if any process recorded one yet.
+pub async fn recorded_shards(
+    conn: &RedisConnection,
+    namespace: &Namespace,
+) -> Result<Option<usize>, QueueError> {
+    let raw: Option<String> = conn.clone().get(namespace.shards()).await?;
+    raw.map(|text| {
+        text.parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_SHARDS).contains(n))
+            .ok_or_else(|| QueueError::Corrupt {
+                key: namespace.shards(),
+                reason: format!("not a shard count: {text:?}"),
+            })
+    })
+    .transpose()
 }
 
 /// The fleet's recorded pipeline, if any process recorded one yet.

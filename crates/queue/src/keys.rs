@@ -52,6 +52,27 @@ impl Namespace {
         })
     }
 
+    /// The keys of shard `shard` of one role's queue (`--shards`). Shard 0 is the queue
+    /// [`Namespace::queue`] names, so a one-shard fleet keeps its keys; shard k >= 1 is
+    /// `{ns:role:k}`: a hash tag of its own, hence its own Redis Cluster slot, so the shards
+    /// of a busy role spread over the cluster's masters.
+    pub fn queue_shard(&self, role: &str, shard: usize) -> Result<QueueKeys, InvalidName> {
+        let keys = self.queue(role)?;
+        if shard == 0 {
+            return Ok(keys);
+        }
+        Ok(QueueKeys {
+            prefix: format!("{{{}:{}:{shard}}}", self.0, role),
+        })
+    }
+
+    /// STRING: the fleet's shard count (`--shards`), recorded by its first producer or
+    /// worker with more than one, so that one started with another count is refused
+    /// (absent: one shard).
+    pub fn shards(&self) -> String {
+        format!("{}:shards", self.0)
+    }
+
     /// A task's record: its own key (own slot), touched by one-key scripts only.
     pub fn task(&self, task_id: &str) -> String {
         format!("{}:task:{task_id}", self.0)
@@ -322,6 +343,20 @@ mod tests {
         ] {
             assert!(key.starts_with("{agentfleet:reasoning}:"), "{key}");
         }
+    }
+
+    #[test]
+    fn shard_zero_keeps_the_queue_keys_and_others_get_a_tag_each() {
+        let ns = Namespace::new("agentfleet").unwrap();
+        assert_eq!(
+            ns.queue_shard("reasoning", 0).unwrap(),
+            ns.queue("reasoning").unwrap()
+        );
+        let k2 = ns.queue_shard("reasoning", 2).unwrap();
+        for key in [k2.pending(), k2.inflight("w1"), k2.dead(), k2.wake()] {
+            assert!(key.starts_with("{agentfleet:reasoning:2}:"), "{key}");
+        }
+        assert!(ns.queue_shard("with:colon", 1).is_err());
     }
 
     #[test]

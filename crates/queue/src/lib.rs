@@ -34,13 +34,14 @@ pub use dead_letter::DeadLetter;
 pub use error::QueueError;
 pub use events::{DEFAULT_EVENTS_MAXLEN, Event, Events, NewEvent};
 pub use fleet::{
-    FleetArgs, LeaseArgs, NamespaceArgs, PipelineArgs, RecordTtlArgs, agree_on_pipeline,
-    delete_namespace, record_pipeline, recorded_pipeline,
+    FleetArgs, LeaseArgs, MAX_SHARDS, NamespaceArgs, PipelineArgs, RecordTtlArgs,
+    agree_on_pipeline, agree_on_shards, delete_namespace, record_pipeline, recorded_pipeline,
+    recorded_shards,
 };
 pub use keys::{BudgetKeys, InvalidName, LimitKeys, Namespace, QueueKeys};
 pub use queue::{
     Enqueued, Fetched, NewTask, PushEntry, Queue, QueueCounts, RecoveredJobs, RecoveryReport,
-    TaskControl, lane_of, unreadable_id,
+    TaskControl, lane_of, shard_of, unreadable_id,
 };
 pub use review::{ParkedTask, ReviewCounts, ReviewWrite};
 pub use store::{

@@ -150,6 +150,27 @@ pub struct QueueCounts {
     pub oldest_pending_age_ms: Option<u64>,
 }
 
+impl QueueCounts {
+    /// Adds another shard's counts: sizes and counters add up; the workers are the same
+    /// on every shard (each heartbeats on all), so the most seen is taken.
+    pub fn add(&mut self, other: &QueueCounts) {
+        self.pending += other.pending;
+        self.pending_high += other.pending_high;
+        self.pending_normal += other.pending_normal;
+        self.pending_low += other.pending_low;
+        self.in_flight += other.in_flight;
+        self.scheduled += other.scheduled;
+        self.dead += other.dead;
+        self.succeeded += other.succeeded;
+        self.retried += other.retried;
+        self.deferred += other.deferred;
+        self.recovered += other.recovered;
+        self.dead_lettered += other.dead_lettered;
+        self.live_workers = self.live_workers.max(other.live_workers);
+        self.oldest_pending_age_ms = self.oldest_pending_age_ms.max(other.oldest_pending_age_ms);
+    }
+}
+
 /// What one crash-recovery pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
@@ -159,7 +180,13 @@ pub struct RecoveryReport {
     pub dead: Vec<String>,
 }
 
-/// One role's queue.
+/// One role's queue: one shard of it for a worker's operations (fetch, settle, upkeep), all
+/// of its shards for producers' pushes and for readers (counts, dead letters, review).
+///
+/// With `--shards N` a role's queue is N independent queues (`Namespace::queue_shard`);
+/// a push goes to the shard [`shard_of`] its routing key (the idempotency key when it has
+/// one, else the entry's id, the task id) hashes to. A `Queue` made by [`Queue::new`] is
+/// pinned to shard 0; [`Queue::shard`] pins another.
 #[derive(Clone)]
 pub struct Queue {
     conn: RedisConnection,
@@ -167,6 +194,33 @@ pub struct Queue {
     role: String,
     idempotency_ttl: Duration,
     shares: agentfleet_job::LaneShares,
+    /// The keys of every shard (index = shard); `keys` is the pinned one's.
+    shard_keys: std::sync::Arc<[QueueKeys]>,
+    shard: usize,
+}
+
+/// The shard (of `shards`) that `routing_key` belongs to: FNV-1a (64-bit) of its bytes,
+/// modulo the shard count. Stable across processes, versions and platforms (no seeded
+/// hasher), so every producer and worker puts a task's jobs on the same shard.
+pub fn shard_of(routing_key: &str, shards: usize) -> usize {
+    if shards <= 1 {
+        return 0;
+    }
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in routing_key.bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (hash % shards as u64) as usize
+}
+
+/// The key a push is routed by: its idempotency key (so that the key and the entry it
+/// guards share a shard, and a repeated push meets the key), else the entry's id.
+fn routing_key(e: &PushEntry) -> std::borrow::Cow<'_, str> {
+    match e.idempotency_key.as_deref() {
+        Some(k) => std::borrow::Cow::Borrowed(k),
+        None => std::borrow::Cow::Owned(entry_id(&e.entry)),
+    }
 }
 
 impl Queue {
@@ -175,13 +229,74 @@ impl Queue {
         namespace: &Namespace,
         role: &str,
     ) -> Result<Self, QueueError> {
+        let keys = namespace.queue(role)?;
         Ok(Self {
-            keys: namespace.queue(role)?,
+            shard_keys: vec![keys.clone()].into(),
+            shard: 0,
+            keys,
             conn,
             role: role.to_owned(),
             idempotency_ttl: IDEMPOTENCY_TTL,
             shares: agentfleet_job::LaneShares::default(),
         })
+    }
+
+    /// The same queue with `shards` shards (`--shards`, at least 1), pinned to shard 0.
+    pub fn with_shards(mut self, namespace: &Namespace, shards: usize) -> Result<Self, QueueError> {
+        let keys = (0..shards.max(1))
+            .map(|k| namespace.queue_shard(&self.role, k))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.keys = keys[0].clone();
+        self.shard_keys = keys.into();
+        self.shard = 0;
+        Ok(self)
+    }
+
+    /// How many shards the role's queue has.
+    pub fn shard_count(&self) -> usize {
+        self.shard_keys.len()
+    }
+
+    /// The shard this queue is pinned to.
+    pub fn shard_index(&self) -> usize {
+        self.shard
+    }
+
+    /// This queue pinned to shard `shard` (taken modulo the shard count).
+    pub fn shard(&self, shard: usize) -> Queue {
+        let shard = shard % self.shard_keys.len();
+        let mut q = self.clone();
+        q.keys = self.shard_keys[shard].clone();
+        q.shard = shard;
+        q
+    }
+
+    /// One queue per shard, in shard order.
+    pub fn shards(&self) -> Vec<Queue> {
+        (0..self.shard_keys.len()).map(|k| self.shard(k)).collect()
+    }
+
+    /// The shard a task's jobs go to (see [`shard_of`]).
+    pub fn shard_of_task(&self, task_id: &str) -> usize {
+        shard_of(task_id, self.shard_keys.len())
+    }
+
+    /// `items` grouped by the shard `key` routes each to, in shard order.
+    fn by_shard<'a, T: Clone>(
+        &self,
+        items: &'a [T],
+        key: impl Fn(&'a T) -> std::borrow::Cow<'a, str>,
+    ) -> Vec<(usize, Vec<T>)> {
+        let n = self.shard_keys.len();
+        let mut groups: Vec<Vec<T>> = vec![Vec::new(); n];
+        for item in items {
+            groups[shard_of(&key(item), n)].push(item.clone());
+        }
+        groups
+            .into_iter()
+            .enumerate()
+            .filter(|(_, g)| !g.is_empty())
+            .collect()
     }
 
     /// The shares of its fetches this worker guarantees the lower lanes.
@@ -230,6 +345,14 @@ impl Queue {
 
     /// Pushes one entry. Returns false when its idempotency key was already used.
     pub async fn push(&self, entry: PushEntry) -> Result<bool, QueueError> {
+        if self.shard_count() > 1 {
+            let k = shard_of(&routing_key(&entry), self.shard_count());
+            let q = self.shard(k);
+            return Ok(q
+                .push_chunk(std::slice::from_ref(&entry), q.idempotency_ttl)
+                .await?
+                == 1);
+        }
         Ok(self
             .push_chunk(std::slice::from_ref(&entry), self.idempotency_ttl)
             .await?
@@ -239,6 +362,18 @@ impl Queue {
     /// Pushes many entries: chunks of 1,000 per script call, eight chunks per pipelined
     /// round trip. Returns how many were new.
     pub async fn push_many(&self, entries: &[PushEntry]) -> Result<u64, QueueError> {
+        if self.shard_count() > 1 {
+            let mut pushed = 0;
+            for (k, group) in self.by_shard(entries, routing_key) {
+                pushed += self.shard(k).push_many_here(&group).await?;
+            }
+            return Ok(pushed);
+        }
+        self.push_many_here(entries).await
+    }
+
+    /// [`Queue::push_many`] onto the pinned shard.
+    async fn push_many_here(&self, entries: &[PushEntry]) -> Result<u64, QueueError> {
         let mut conn = self.conn.clone();
         let mut pushed = 0;
         for window in entries.chunks(PUSH_CHUNK * 8) {
@@ -259,6 +394,22 @@ impl Queue {
     /// tasks (records and entries go in one pipeline; on a cluster, records first, then the
     /// entries). Returns how many entries were new.
     pub async fn enqueue_tasks(
+        &self,
+        store: &TaskStore,
+        tasks: &[NewTask],
+    ) -> Result<u64, QueueError> {
+        if self.shard_count() > 1 {
+            let mut pushed = 0;
+            for (k, group) in self.by_shard(tasks, |t| routing_key(&t.push)) {
+                pushed += self.shard(k).enqueue_tasks_here(store, &group).await?;
+            }
+            return Ok(pushed);
+        }
+        self.enqueue_tasks_here(store, tasks).await
+    }
+
+    /// [`Queue::enqueue_tasks`] onto the pinned shard.
+    async fn enqueue_tasks_here(
         &self,
         store: &TaskStore,
         tasks: &[NewTask],
@@ -330,8 +481,10 @@ impl Queue {
                 },
             );
         };
+        // The key lives on the shard it routes the task to (see [`routing_key`]).
+        let shard = self.shard(shard_of(key, self.shard_count()));
         let mut conn = self.conn.clone();
-        let idem = self.keys.idempotency(key);
+        let idem = shard.keys.idempotency(key);
         // The usual repeat: the key is there, so nothing is written at all.
         if let Some(existing) = conn.get::<_, Option<String>>(&idem).await? {
             return Ok(Enqueued::Existing(existing));
@@ -800,8 +953,29 @@ impl Queue {
             .await?)
     }
 
-    /// Reads every count in one round trip.
+    /// Reads every count, summed over the shards: one round trip per shard.
     pub async fn counts(&self, lease: Duration) -> Result<QueueCounts, QueueError> {
+        if self.shard_count() == 1 {
+            return self.shard_counts(lease).await;
+        }
+        let mut total = QueueCounts::default();
+        for shard in self.shards() {
+            total.add(&shard.shard_counts(lease).await?);
+        }
+        Ok(total)
+    }
+
+    /// The counts of each shard, in shard order (`agentfleet queues --json`).
+    pub async fn counts_per_shard(&self, lease: Duration) -> Result<Vec<QueueCounts>, QueueError> {
+        let mut out = Vec::with_capacity(self.shard_count());
+        for shard in self.shards() {
+            out.push(shard.shard_counts(lease).await?);
+        }
+        Ok(out)
+    }
+
+    /// The pinned shard's counts, in one round trip.
+    pub async fn shard_counts(&self, lease: Duration) -> Result<QueueCounts, QueueError> {
         let mut conn = self.conn.clone();
         let lanes = self.lane_keys();
         #[allow(clippy::type_complexity)]
@@ -890,11 +1064,20 @@ impl Queue {
         })
     }
 
-    /// Ids of every job this queue holds waiting or running: pending in any lane, scheduled,
-    /// or in flight with a registered worker. For audits (`agentfleet tasks --stalled`): it
-    /// reads whole lists, and not atomically, so an entry moving while it is read can be
-    /// missed; a caller that finds a job missing looks again before it says so.
+    /// Ids of every job this queue holds waiting or running, in any shard: pending in any
+    /// lane, scheduled, or in flight with a registered worker. For audits (`agentfleet tasks
+    /// --stalled`): it reads whole lists, and not atomically, so an entry moving while it is
+    /// read can be missed; a caller that finds a job missing looks again before it says so.
     pub async fn waiting_or_running_job_ids(&self) -> Result<HashSet<String>, QueueError> {
+        let mut ids = HashSet::new();
+        for shard in self.shards() {
+            ids.extend(shard.shard_job_ids().await?);
+        }
+        Ok(ids)
+    }
+
+    /// [`Queue::waiting_or_running_job_ids`] of this queue's own shard.
+    async fn shard_job_ids(&self) -> Result<HashSet<String>, QueueError> {
         let mut conn = self.conn.clone();
         let lanes = self.lane_keys();
         let (high, normal, low, scheduled, workers): (
@@ -927,46 +1110,83 @@ impl Queue {
             .collect())
     }
 
-    /// Dead letters, newest first: `offset`, `limit` for pagination.
+    /// Dead letters of every shard, newest first: `offset`, `limit` for pagination (one
+    /// listing: the shards' indexes merged by time).
     pub async fn dead_letters(
         &self,
         offset: usize,
         limit: usize,
     ) -> Result<Vec<DeadLetter>, QueueError> {
-        let mut conn = self.conn.clone();
-        let ids: Vec<String> = conn
-            .zrevrange(
-                self.keys.dead_index(),
-                offset as isize,
-                (offset + limit) as isize - 1,
-            )
-            .await?;
-        if ids.is_empty() {
+        if limit == 0 {
             return Ok(Vec::new());
         }
-        let raw: Vec<Option<String>> = redis::cmd("HMGET")
-            .arg(self.keys.dead())
-            .arg(&ids)
-            .query_async(&mut conn)
-            .await?;
-        raw.into_iter()
-            .flatten()
-            .map(|json| self.parse_dead_letter(&json))
-            .collect()
+        let mut conn = self.conn.clone();
+        if self.shard_count() == 1 {
+            let ids: Vec<String> = conn
+                .zrevrange(
+                    self.keys.dead_index(),
+                    offset as isize,
+                    (offset + limit) as isize - 1,
+                )
+                .await?;
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            let raw: Vec<Option<String>> = redis::cmd("HMGET")
+                .arg(self.keys.dead())
+                .arg(&ids)
+                .query_async(&mut conn)
+                .await?;
+            return raw
+                .into_iter()
+                .flatten()
+                .map(|json| self.parse_dead_letter(&json))
+                .collect();
+        }
+        // (time, shard, id): each shard's newest offset+limit, merged.
+        let mut listed: Vec<(f64, usize, String)> = Vec::new();
+        for (k, keys) in self.shard_keys.iter().enumerate() {
+            let ids: Vec<(String, f64)> = conn
+                .zrevrange_withscores(keys.dead_index(), 0, (offset + limit) as isize - 1)
+                .await?;
+            listed.extend(ids.into_iter().map(|(id, at)| (at, k, id)));
+        }
+        listed.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| b.2.cmp(&a.2)));
+        let page: Vec<(f64, usize, String)> = listed.into_iter().skip(offset).take(limit).collect();
+        let mut letters = Vec::with_capacity(page.len());
+        for (_, k, id) in page {
+            let raw: Option<String> = conn.hget(self.shard_keys[k].dead(), &id).await?;
+            if let Some(json) = raw {
+                letters.push(self.parse_dead_letter(&json)?);
+            }
+        }
+        Ok(letters)
     }
 
-    /// Every dead letter id, oldest first.
+    /// Every dead letter id of every shard, oldest first.
     pub async fn dead_letter_ids(&self) -> Result<Vec<String>, QueueError> {
-        Ok(self
-            .conn
-            .clone()
-            .zrange(self.keys.dead_index(), 0, -1)
-            .await?)
+        let mut conn = self.conn.clone();
+        if self.shard_count() == 1 {
+            return Ok(conn.zrange(self.keys.dead_index(), 0, -1).await?);
+        }
+        let mut listed: Vec<(String, f64)> = Vec::new();
+        for keys in self.shard_keys.iter() {
+            let ids: Vec<(String, f64)> = conn.zrange_withscores(keys.dead_index(), 0, -1).await?;
+            listed.extend(ids);
+        }
+        listed.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+        Ok(listed.into_iter().map(|(id, _)| id).collect())
     }
 
+    /// The dead letter `job_id`, from whichever shard holds it.
     pub async fn dead_letter(&self, job_id: &str) -> Result<Option<DeadLetter>, QueueError> {
-        let raw: Option<String> = self.conn.clone().hget(self.keys.dead(), job_id).await?;
-        raw.map(|json| self.parse_dead_letter(&json)).transpose()
+        for keys in self.shard_keys.iter() {
+            let raw: Option<String> = self.conn.clone().hget(keys.dead(), job_id).await?;
+            if let Some(json) = raw {
+                return self.parse_dead_letter(&json).map(Some);
+            }
+        }
+        Ok(None)
     }
 
     fn parse_dead_letter(&self, json: &str) -> Result<DeadLetter, QueueError> {
@@ -978,7 +1198,21 @@ impl Queue {
 
     /// Re-enqueues dead letters given as (job id, entry with its attempts reset). Each is
     /// replayed at most once, however often this is called. Returns the ids replayed.
+    /// With several shards each is replayed on the shard that holds it (the one its task's
+    /// jobs go to): the script runs on every shard and acts only where the letter is.
     pub async fn replay(&self, entries: &[(String, String)]) -> Result<Vec<String>, QueueError> {
+        if self.shard_count() > 1 {
+            let mut replayed = Vec::new();
+            for shard in self.shards() {
+                replayed.extend(shard.replay_here(entries).await?);
+            }
+            return Ok(replayed);
+        }
+        self.replay_here(entries).await
+    }
+
+    /// [`Queue::replay`] on the pinned shard.
+    async fn replay_here(&self, entries: &[(String, String)]) -> Result<Vec<String>, QueueError> {
         let mut replayed = Vec::new();
         for chunk in entries.chunks(500) {
             let mut inv = SCRIPTS.replay.key(self.keys.dead());
@@ -992,16 +1226,18 @@ impl Queue {
         Ok(replayed)
     }
 
-    /// Deletes dead letters. Returns how many existed.
+    /// Deletes dead letters, from whichever shard holds each. Returns how many existed.
     pub async fn purge(&self, job_ids: &[String]) -> Result<u64, QueueError> {
         let mut purged = 0;
-        for chunk in job_ids.chunks(1_000) {
-            let mut inv = SCRIPTS.purge.key(self.keys.dead());
-            inv.key(self.keys.dead_index());
-            for id in chunk {
-                inv.arg(id);
+        for keys in self.shard_keys.iter() {
+            for chunk in job_ids.chunks(1_000) {
+                let mut inv = SCRIPTS.purge.key(keys.dead());
+                inv.key(keys.dead_index());
+                for id in chunk {
+                    inv.arg(id);
+                }
+                purged += inv.invoke_async::<u64>(&mut self.conn.clone()).await?;
             }
-            purged += inv.invoke_async::<u64>(&mut self.conn.clone()).await?;
         }
         Ok(purged)
     }
@@ -1102,6 +1338,23 @@ mod tests {
             assert_eq!(super::lane_of(&entry), lane, "{entry}");
         }
         assert_eq!(super::lane_of("garbage"), Lane::Normal);
+    }
+
+    #[test]
+    fn shards_are_fnv1a_of_the_routing_key() {
+        // FNV-1a 64 of "a" is 0xaf63dc4c8601ec8c: the documented, stable rule.
+        for n in [2usize, 3, 7, 64] {
+            assert_eq!(
+                super::shard_of("a", n),
+                (0xaf63_dc4c_8601_ec8c_u64 % n as u64) as usize
+            );
+        }
+        assert_eq!(super::shard_of("anything", 1), 0);
+        let mut seen = [0usize; 4];
+        for i in 0..4_000 {
+            seen[super::shard_of(&format!("01J{i:023}"), 4)] += 1;
+        }
+        assert!(seen.iter().all(|n| *n > 800), "{seen:?}");
     }
 
     #[test]

@@ -71,7 +71,90 @@ fn review_write(outcome: &str, key: String) -> Result<ReviewWrite, QueueError> {
 }
 
 impl Queue {
-    /// Settles a fetched entry by parking its task for review. False when this worker no
+    /// How many tasks wait for review at this role (every shard), and the age of the
+    /// oldest.
+    pub async fn review_counts(&self) -> Result<ReviewCounts, QueueError> {
+        let mut total = ReviewCounts::default();
+        for shard in self.shards() {
+            let c = shard.review_counts_here().await?;
+            total.waiting += c.waiting;
+            total.oldest_age_ms = total.oldest_age_ms.max(c.oldest_age_ms);
+        }
+        Ok(total)
+    }
+
+    /// Tasks parked at this role (every shard), oldest first: `offset`, `limit` for
+    /// pagination.
+    pub async fn parked(&self, offset: usize, limit: usize) -> Result<Vec<ParkedTask>, QueueError> {
+        if self.shard_count() == 1 {
+            return self.parked_here(offset, limit).await;
+        }
+        let mut all = Vec::new();
+        for shard in self.shards() {
+            all.extend(shard.parked_here(0, offset + limit).await?);
+        }
+        all.sort_by(|a, b| {
+            a.parked_at_ms
+                .cmp(&b.parked_at_ms)
+                .then_with(|| a.task_id.cmp(&b.task_id))
+        });
+        Ok(all.into_iter().skip(offset).take(limit).collect())
+    }
+
+    /// When `task_id` was parked at this role, if it is in the review index of any shard.
+    pub async fn parked_at(&self, task_id: &str) -> Result<Option<u64>, QueueError> {
+        for shard in self.shards() {
+            if let Some(at) = shard.parked_at_here(task_id).await? {
+                return Ok(Some(at));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Takes an approved task off the review index and queues `entry` (its stage's job), at
+    /// most once, on the shard where it was parked. False when it was not in the index
+    /// (already resumed).
+    pub async fn unpark(&self, task_id: &str, entry: &str) -> Result<bool, QueueError> {
+        for shard in self.shards() {
+            if shard.unpark_here(task_id, entry).await? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Takes a rejected task off the review index (of the shard where it was parked) into
+    /// the dead letters, at most once. False when it was not in the index.
+    pub async fn bury_parked(&self, letter: &DeadLetter) -> Result<bool, QueueError> {
+        for shard in self.shards() {
+            if shard.bury_parked_here(letter).await? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Drops an index entry whose task no longer waits (finished, or its record gone).
+    pub async fn forget_parked(&self, task_id: &str) -> Result<bool, QueueError> {
+        let mut any = false;
+        for shard in self.shards() {
+            any |= shard.forget_parked_here(task_id).await?;
+        }
+        Ok(any)
+    }
+
+    /// Drops the index entries of tasks that stopped waiting (cancelled, say), in every
+    /// shard. Returns how many there were.
+    pub async fn forget_parked_many(&self, task_ids: &[String]) -> Result<u64, QueueError> {
+        let mut removed = 0;
+        for shard in self.shards() {
+            removed += shard.forget_parked_many_here(task_ids).await?;
+        }
+        Ok(removed)
+    }
+
+    /// Settles a fetched entry by parking its task for review (on the pinned shard, the
+    /// one it was fetched from). False when this worker no
     /// longer held the entry.
     pub async fn park(
         &self,
@@ -92,7 +175,7 @@ impl Queue {
     }
 
     /// How many tasks wait for review at this role, and the age of the oldest.
-    pub async fn review_counts(&self) -> Result<ReviewCounts, QueueError> {
+    async fn review_counts_here(&self) -> Result<ReviewCounts, QueueError> {
         let ((secs, micros), waiting, oldest): ((u64, u64), u64, Vec<(String, f64)>) =
             redis::pipe()
                 .cmd("TIME")
@@ -108,7 +191,11 @@ impl Queue {
     }
 
     /// Tasks parked at this role, oldest first: `offset`, `limit` for pagination.
-    pub async fn parked(&self, offset: usize, limit: usize) -> Result<Vec<ParkedTask>, QueueError> {
+    async fn parked_here(
+        &self,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<ParkedTask>, QueueError> {
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -131,7 +218,7 @@ impl Queue {
     }
 
     /// When `task_id` was parked at this role, if it is in the review index.
-    pub async fn parked_at(&self, task_id: &str) -> Result<Option<u64>, QueueError> {
+    async fn parked_at_here(&self, task_id: &str) -> Result<Option<u64>, QueueError> {
         let at: Option<f64> = self
             .connection()
             .zscore(self.keys().review(), task_id)
@@ -141,7 +228,7 @@ impl Queue {
 
     /// Takes an approved task off the review index and queues `entry` (its stage's job), at
     /// most once. False when it was not in the index (already resumed).
-    pub async fn unpark(&self, task_id: &str, entry: &str) -> Result<bool, QueueError> {
+    async fn unpark_here(&self, task_id: &str, entry: &str) -> Result<bool, QueueError> {
         let n: u64 = SCRIPTS
             .unpark
             .key(self.keys().review())
@@ -155,7 +242,7 @@ impl Queue {
 
     /// Takes a rejected task off the review index into the dead letters, at most once.
     /// False when it was not in the index.
-    pub async fn bury_parked(&self, letter: &DeadLetter) -> Result<bool, QueueError> {
+    async fn bury_parked_here(&self, letter: &DeadLetter) -> Result<bool, QueueError> {
         let record = serde_json::to_string(letter).map_err(|e| QueueError::Corrupt {
             key: self.keys().dead(),
             reason: e.to_string(),
@@ -174,7 +261,7 @@ impl Queue {
     }
 
     /// Drops an index entry whose task no longer waits (finished, or its record gone).
-    pub async fn forget_parked(&self, task_id: &str) -> Result<bool, QueueError> {
+    async fn forget_parked_here(&self, task_id: &str) -> Result<bool, QueueError> {
         let n: u64 = self
             .connection()
             .zrem(self.keys().review(), task_id)
@@ -184,7 +271,7 @@ impl Queue {
 
     /// Drops the index entries of tasks that stopped waiting (cancelled, say), 1,000 per
     /// command. Returns how many there were.
-    pub async fn forget_parked_many(&self, task_ids: &[String]) -> Result<u64, QueueError> {
+    async fn forget_parked_many_here(&self, task_ids: &[String]) -> Result<u64, QueueError> {
         let mut removed = 0;
         for chunk in task_ids.chunks(EXPIRE_CHUNK) {
             removed += self

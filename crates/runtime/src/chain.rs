@@ -29,12 +29,15 @@ impl ChainPushers {
         conn: &RedisConnection,
         namespace: &Namespace,
         roles: &[String],
+        shards: usize,
         idempotency_ttl: std::time::Duration,
     ) -> Result<Self, QueueError> {
         let mut by_role = HashMap::new();
         for role in roles {
-            let queue =
-                Queue::new(conn.clone(), namespace, role)?.with_idempotency_ttl(idempotency_ttl);
+            // Each entry goes to the shard of its task (its idempotency key is the task id).
+            let queue = Queue::new(conn.clone(), namespace, role)?
+                .with_shards(namespace, shards)?
+                .with_idempotency_ttl(idempotency_ttl);
             let (tx, rx) = mpsc::unbounded_channel();
             tokio::spawn(push_loop(queue, rx));
             by_role.insert(role.clone(), tx);

@@ -6,7 +6,7 @@ use std::time::Duration;
 use agentfleet_job::JobError;
 use agentfleet_queue::{
     Delivery, Disposition, JobFailure, Namespace, Queue, QueueError, RedisBackend, TaskStore,
-    WorkerOptions, WorkerStatus, agree_on_pipeline, connect_worker,
+    WorkerOptions, WorkerStatus, agree_on_pipeline, agree_on_shards, connect_worker,
 };
 use agentfleet_telemetry::{Metrics, Readiness, init_logging, job_span, serve};
 use apalis::layers::WorkerBuilderExt;
@@ -260,6 +260,15 @@ pub async fn run<H: RoleHandler>(
     // A certificate, password or ACL that Redis refuses stops the worker now, with the
     // reason; Redis merely being away does not (it connects when Redis answers).
     let (conn, blocking_conn) = connect_worker(&args.redis).await?;
+    // One blocking connection per shard: each shard's waiter parks on its own.
+    let shards = args.fleet.namespace.shards;
+    let mut blocking_conns = vec![blocking_conn];
+    for _ in 1..shards {
+        blocking_conns.push(agentfleet_queue::connect(
+            &args.redis,
+            &agentfleet_queue::ConnectOptions::default(),
+        )?);
+    }
 
     let metrics =
         Metrics::new(namespace.as_str()).map_err(|e| RuntimeError::Metrics(e.to_string()))?;
@@ -281,6 +290,7 @@ pub async fn run<H: RoleHandler>(
     let limit_status = Arc::new(agentfleet_limits::LimitStatus::default());
 
     let queue = Queue::new(conn.clone(), &namespace, role)?
+        .with_shards(&namespace, shards)?
         .with_idempotency_ttl(args.record_ttl())
         .with_lane_shares(args.lane_shares);
     let store = TaskStore::new(conn.clone(), namespace.clone(), args.record_ttl())
@@ -320,7 +330,7 @@ pub async fn run<H: RoleHandler>(
     // Take no job before this worker and the fleet agree on the pipeline: a worker of
     // another pipeline would run the wrong stage.
     tokio::select! {
-        agreed = agree_with_fleet(&conn, &namespace, &pipeline) => agreed?,
+        agreed = agree_with_fleet(&conn, &namespace, &pipeline, shards) => agreed?,
         _ = term.recv() => return Ok(()),
         _ = int.recv() => return Ok(()),
     }
@@ -381,7 +391,7 @@ pub async fn run<H: RoleHandler>(
     let (backend, handle) = RedisBackend::start(
         queue.clone(),
         Some(store.clone()),
-        blocking_conn,
+        blocking_conns,
         worker_options,
         status.clone(),
         Some(observer),
@@ -393,6 +403,7 @@ pub async fn run<H: RoleHandler>(
         &conn,
         &namespace,
         pipeline.stage(stage + 1).unwrap_or_default(),
+        shards,
         args.record_ttl(),
     )?);
     let ctx_store = store.clone();
@@ -524,16 +535,22 @@ fn load_guardrails(
     Ok(rules)
 }
 
-/// Records or checks the fleet's pipeline, waiting for Redis if it is away (the worker is
+/// Records or checks the fleet's pipeline and shard count, waiting for Redis if it is away (the worker is
 /// not ready meanwhile). A disagreement, or a Redis that refuses us, is final.
 async fn agree_with_fleet(
     conn: &agentfleet_queue::RedisConnection,
     namespace: &Namespace,
     pipeline: &agentfleet_job::Pipeline,
+    shards: usize,
 ) -> Result<(), RuntimeError> {
     let mut wait = Duration::from_millis(100);
     loop {
-        match agree_on_pipeline(conn, namespace, pipeline).await {
+        // The shards first: a recorded pipeline without a shard count means one shard.
+        let agreed = match agree_on_shards(conn, namespace, shards).await {
+            Ok(()) => agree_on_pipeline(conn, namespace, pipeline).await,
+            Err(e) => Err(e),
+        };
+        match agreed {
             Ok(()) => return Ok(()),
             Err(e) if matches!(e, QueueError::Config(_)) || e.is_refusal() => {
                 return Err(e.into());

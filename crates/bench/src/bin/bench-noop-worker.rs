@@ -84,6 +84,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let concurrency = args.concurrency.max(1);
 
     let (conn, blocking_conn) = connect_worker(&args.redis).await?;
+    let shards = args.fleet.namespace.shards;
+    let mut blocking_conns = vec![blocking_conn];
+    for _ in 1..shards {
+        blocking_conns.push(agentfleet_queue::connect(
+            &args.redis,
+            &agentfleet_queue::ConnectOptions::default(),
+        )?);
+    }
 
     let metrics = Metrics::new(namespace.as_str()).context("metrics registry")?;
     metrics.init_role(role, env!("CARGO_PKG_VERSION"), &worker_id);
@@ -94,7 +102,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     });
     let status = Arc::new(WorkerStatus::default());
-    let queue = Queue::new(conn, &namespace, role)?;
+    let queue = Queue::new(conn, &namespace, role)?.with_shards(&namespace, shards)?;
     let worker_options = WorkerOptions {
         worker_id: worker_id.clone(),
         concurrency,
@@ -118,7 +126,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let (backend, handle) = RedisBackend::start(
         queue,
         None,
-        blocking_conn,
+        blocking_conns,
         worker_options,
         status.clone(),
         Some(observer),

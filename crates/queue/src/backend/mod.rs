@@ -44,9 +44,16 @@ pub use settle::AckLayer;
 pub struct Delivery {
     raw: Arc<[u8]>,
     received: Instant,
+    /// The shard it was fetched from: every settlement goes back there.
+    shard: usize,
 }
 
 impl Delivery {
+    /// The shard of the role's queue it came from (0 with one shard).
+    pub fn shard(&self) -> usize {
+        self.shard
+    }
+
     /// The entry exactly as fetched (and as recorded in flight).
     pub fn raw(&self) -> &[u8] {
         &self.raw
@@ -182,7 +189,10 @@ impl std::fmt::Debug for WorkerOptions {
 type Observer = Arc<dyn Fn(Disposition, Duration) + Send + Sync>;
 
 struct Shared {
+    /// Shard 0 of the role's queue (the role, the workers registry).
     queue: Queue,
+    /// Every shard, pinned (index = shard).
+    shards: Vec<Queue>,
     store: Option<TaskStore>,
     options: WorkerOptions,
     health: RedisHealth,
@@ -191,7 +201,7 @@ struct Shared {
     /// Set after any error whose request may have committed unseen; the fetcher then
     /// reconciles the in-flight hash with [`Held`] before it fetches again.
     reconcile: AtomicBool,
-    acks: mpsc::UnboundedSender<Arc<[u8]>>,
+    acks: mpsc::UnboundedSender<(usize, Arc<[u8]>)>,
     observer: Option<Observer>,
     /// Stop fetching (shutdown begins).
     stop: CancellationToken,
@@ -205,6 +215,10 @@ impl Shared {
     }
     fn worker_id(&self) -> &str {
         &self.options.worker_id
+    }
+    /// The shard a delivery came from, where it is settled.
+    fn queue_of(&self, delivery: &Delivery) -> &Queue {
+        self.shards.get(delivery.shard).unwrap_or(&self.queue)
     }
 }
 
@@ -228,11 +242,13 @@ impl RedisBackend {
     /// Starts the worker's background tasks and returns the backend to give to apalis's
     /// `WorkerBuilder`, plus the handle that stops them.
     ///
-    /// `blocking_conn` must be a connection of its own (it parks in `BLMOVE`).
+    /// `blocking_conns` must be connections of their own, one per shard of `queue` (each
+    /// parks in a blocking wait for its shard's wake-up tokens); a shard without one is
+    /// still fetched from on every pass, and at least every block timeout.
     pub fn start(
         queue: Queue,
         store: Option<TaskStore>,
-        blocking_conn: RedisConnection,
+        blocking_conns: Vec<RedisConnection>,
         options: WorkerOptions,
         status: Arc<WorkerStatus>,
         observer: Option<Observer>,
@@ -242,6 +258,7 @@ impl RedisBackend {
         let acks_closed = CancellationToken::new();
         let shared = Arc::new(Shared {
             slots: Arc::new(Semaphore::new(options.concurrency.max(1))),
+            shards: queue.shards(),
             queue,
             store,
             options,
@@ -256,7 +273,7 @@ impl RedisBackend {
         let handle = WorkerHandle {
             fetcher: tokio::spawn(fetch::fetch_loop(
                 shared.clone(),
-                blocking_conn,
+                blocking_conns,
                 delivery_tx,
             )),
             acker: tokio::spawn(settle::ack_loop(
@@ -313,9 +330,17 @@ impl WorkerHandle {
         self.heartbeat.abort();
         let mut wait = Duration::from_millis(100);
         let started = Instant::now();
-        loop {
-            match self.shared.queue.hand_back(self.shared.worker_id()).await {
-                Ok(n) => return Ok(n),
+        let mut handed_back = 0;
+        let mut shard = 0;
+        while shard < self.shared.shards.len() {
+            match self.shared.shards[shard]
+                .hand_back(self.shared.worker_id())
+                .await
+            {
+                Ok(n) => {
+                    handed_back += n;
+                    shard += 1;
+                }
                 Err(e) if started.elapsed() < flush_timeout => {
                     tracing::warn!(operation = "hand back", error = %e, "redis operation failed; will retry");
                     tokio::time::sleep(wait).await;
@@ -324,6 +349,7 @@ impl WorkerHandle {
                 Err(e) => return Err(e),
             }
         }
+        Ok(handed_back)
     }
 }
 

@@ -133,7 +133,7 @@ async fn settle(shared: &Shared, delivery: &Delivery, error: Option<&BoxDynError
     let Some(error) = error else {
         // Success: the acker batches it. It only fails to send if the acker is gone, which
         // happens after shutdown; the entry is then handed back and re-runs (at-least-once).
-        let _ = shared.acks.send(delivery.raw.clone());
+        let _ = shared.acks.send((delivery.shard, delivery.raw.clone()));
         return Disposition::Succeeded;
     };
     match error.downcast_ref::<JobFailure>() {
@@ -143,7 +143,7 @@ async fn settle(shared: &Shared, delivery: &Delivery, error: Option<&BoxDynError
         Some(JobFailure::Job(JobError::Stopped { status, message })) => {
             tracing::info!(%status, reason = %message, "task stopped; job acknowledged, nothing chained");
             // Acknowledged like a success (batched): the task's record already says why.
-            let _ = shared.acks.send(delivery.raw.clone());
+            let _ = shared.acks.send((delivery.shard, delivery.raw.clone()));
             return if *status == agentfleet_job::TaskStatus::Expired {
                 Disposition::Expired
             } else {
@@ -173,7 +173,7 @@ async fn settle(shared: &Shared, delivery: &Delivery, error: Option<&BoxDynError
         tracing::info!(job_id = %next.id, role, attempt, delay_ms = delay.as_millis() as u64, error = %message, "job failed; retry scheduled");
         let scheduled = until_done(&shared.health, &shared.halt, "schedule retry", || {
             shared
-                .queue
+                .queue_of(delivery)
                 .retry(worker_id, delivery.raw(), &encoded, delay)
         })
         .await;
@@ -230,7 +230,7 @@ async fn settle(shared: &Shared, delivery: &Delivery, error: Option<&BoxDynError
     tracing::warn!(job_id = %job_id, role, attempt, class = %class, error = %reason, "job dead-lettered");
     let buried = until_done(&shared.health, &shared.halt, "dead-letter", || {
         shared
-            .queue
+            .queue_of(delivery)
             .bury_encoded(worker_id, delivery.raw(), &job_id, &record)
     })
     .await;
@@ -256,7 +256,7 @@ async fn defer(shared: &Shared, delivery: &Delivery, delay: Duration, reason: &s
     );
     let deferred = until_done(&shared.health, &shared.halt, "defer", || {
         shared
-            .queue
+            .queue_of(delivery)
             .defer(shared.worker_id(), delivery.raw(), delay)
     })
     .await;
@@ -269,7 +269,7 @@ async fn park(shared: &Shared, delivery: &Delivery, reason: &str) -> Disposition
     tracing::info!(reason, "task parked for review");
     let parked = until_done(&shared.health, &shared.halt, "park for review", || {
         shared
-            .queue
+            .queue_of(delivery)
             .park(shared.worker_id(), delivery.raw(), &task_id)
     })
     .await;
@@ -314,13 +314,15 @@ fn classify(error: &BoxDynError) -> (ErrorClass, String, Option<Duration>) {
     }
 }
 
-/// Acknowledges successes in batches, in the order they finished.
+/// Acknowledges successes in batches, in the order they finished: one `ack.lua` per shard
+/// the batch touches (one with a single shard).
 pub(super) async fn ack_loop(
     shared: Arc<Shared>,
-    mut rx: mpsc::UnboundedReceiver<Arc<[u8]>>,
+    mut rx: mpsc::UnboundedReceiver<(usize, Arc<[u8]>)>,
     closed: CancellationToken,
 ) {
-    let mut batch: Vec<Arc<[u8]>> = Vec::with_capacity(512);
+    let mut batch: Vec<(usize, Arc<[u8]>)> = Vec::with_capacity(512);
+    let mut by_shard: Vec<Vec<Arc<[u8]>>> = vec![Vec::new(); shared.shards.len().max(1)];
     loop {
         let first = tokio::select! {
             biased;
@@ -338,29 +340,39 @@ pub(super) async fn ack_loop(
                 Err(_) => break,
             }
         }
-        let acked = until_done(&shared.health, &shared.halt, "acknowledge", || {
-            shared.queue.ack(shared.worker_id(), &batch)
-        })
-        .await;
-        let Some(acked) = acked else {
-            // Halted: these stay held and are handed back (they run again: at-least-once).
-            return;
-        };
-        shared.held.remove_all(&batch);
-        let missing = batch.len().saturating_sub(acked.value as usize);
-        if missing > 0 {
-            if acked.retried {
-                tracing::info!(
-                    missing,
-                    "acknowledged entries were no longer held: an earlier try of this acknowledgement had committed, or another worker recovered them after this worker's lease expired"
-                );
-            } else {
-                tracing::warn!(
-                    missing,
-                    "finished jobs had been recovered by another worker after this worker's lease expired; they may run twice"
-                );
-            }
+        for (shard, raw) in batch.drain(..) {
+            let slot = shard.min(by_shard.len() - 1);
+            by_shard[slot].push(raw);
         }
-        batch.clear();
+        for (shard, entries) in by_shard.iter_mut().enumerate() {
+            if entries.is_empty() {
+                continue;
+            }
+            let queue = shared.shards.get(shard).unwrap_or(&shared.queue);
+            let acked = until_done(&shared.health, &shared.halt, "acknowledge", || {
+                queue.ack(shared.worker_id(), &entries[..])
+            })
+            .await;
+            let Some(acked) = acked else {
+                // Halted: these stay held and are handed back (they run again: at-least-once).
+                return;
+            };
+            shared.held.remove_all(entries);
+            let missing = entries.len().saturating_sub(acked.value as usize);
+            if missing > 0 {
+                if acked.retried {
+                    tracing::info!(
+                        missing,
+                        "acknowledged entries were no longer held: an earlier try of this acknowledgement had committed, or another worker recovered them after this worker's lease expired"
+                    );
+                } else {
+                    tracing::warn!(
+                        missing,
+                        "finished jobs had been recovered by another worker after this worker's lease expired; they may run twice"
+                    );
+                }
+            }
+            entries.clear();
+        }
     }
 }

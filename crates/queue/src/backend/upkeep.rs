@@ -1,5 +1,7 @@
 //! Keeping the lease, and the queue's housekeeping: due retries, recovery of workers whose
-//! lease expired, old dead letters.
+//! lease expired, old dead letters. With several shards each is done on every shard: a
+//! worker heartbeats on each (recovery reads the heartbeats of its own shard's slot), and
+//! writes its registry record on shard 0 only.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +18,7 @@ pub(super) async fn heartbeat_loop(shared: Arc<Shared>) {
     let mut failing = false;
     loop {
         let started = Instant::now();
-        let beat = if shared.options.registry.is_empty() {
+        let mut beat = if shared.options.registry.is_empty() {
             shared.queue.heartbeat(shared.worker_id()).await
         } else {
             let status = shared.status();
@@ -29,6 +31,12 @@ pub(super) async fn heartbeat_loop(shared: Arc<Shared>) {
                 .heartbeat_with(shared.worker_id(), lease, &fields)
                 .await
         };
+        for queue in shared.shards.iter().skip(1) {
+            if beat.is_err() {
+                break;
+            }
+            beat = queue.heartbeat(shared.worker_id()).await;
+        }
         match beat {
             Ok(_) => {
                 let took = started.elapsed();
@@ -66,34 +74,36 @@ pub(super) async fn maintenance_loop(shared: Arc<Shared>) {
     let mut last_expire = Instant::now() - Duration::from_secs(60);
     loop {
         let mut sleep = recover_every;
-        match shared.queue.promote_due().await {
-            Ok((_, Some(until_next))) => {
-                shared.health.answered();
-                sleep = sleep.min(until_next.max(Duration::from_millis(5)));
-            }
-            Ok(_) => shared.health.answered(),
-            Err(e) => {
-                shared.health.failed("promote due retries", &e);
-                tracing::warn!(operation = "promote due retries", error = %e, "redis operation failed; will retry");
+        for queue in &shared.shards {
+            match queue.promote_due().await {
+                Ok((_, Some(until_next))) => {
+                    shared.health.answered();
+                    sleep = sleep.min(until_next.max(Duration::from_millis(5)));
+                }
+                Ok(_) => shared.health.answered(),
+                Err(e) => {
+                    shared.health.failed("promote due retries", &e);
+                    tracing::warn!(operation = "promote due retries", error = %e, "redis operation failed; will retry");
+                }
             }
         }
         if last_recover.elapsed() >= recover_every {
             last_recover = Instant::now();
-            recover(&shared).await;
+            for queue in &shared.shards {
+                recover(&shared, queue).await;
+            }
         }
         if last_expire.elapsed() >= Duration::from_secs(60) {
             last_expire = Instant::now();
-            if let Err(e) = shared
-                .queue
-                .expire_dead_letters(opts.dead_letter_retention)
-                .await
-            {
-                shared.health.failed("expire dead letters", &e);
-                tracing::warn!(operation = "expire dead letters", error = %e, "redis operation failed; will retry");
-            }
-            if let Err(e) = shared.queue.expire_parked(opts.dead_letter_retention).await {
-                shared.health.failed("expire review entries", &e);
-                tracing::warn!(operation = "expire review entries", error = %e, "redis operation failed; will retry");
+            for queue in &shared.shards {
+                if let Err(e) = queue.expire_dead_letters(opts.dead_letter_retention).await {
+                    shared.health.failed("expire dead letters", &e);
+                    tracing::warn!(operation = "expire dead letters", error = %e, "redis operation failed; will retry");
+                }
+                if let Err(e) = queue.expire_parked(opts.dead_letter_retention).await {
+                    shared.health.failed("expire review entries", &e);
+                    tracing::warn!(operation = "expire review entries", error = %e, "redis operation failed; will retry");
+                }
             }
         }
         tokio::time::sleep(sleep).await;
@@ -102,15 +112,15 @@ pub(super) async fn maintenance_loop(shared: Arc<Shared>) {
 
 /// One recovery pass, taken only on a steady connection (see [`super::health::RedisHealth`]):
 /// a worker recovers others only once its own heartbeat has been renewed without a hitch
-/// for a full lease, and never itself.
-async fn recover(shared: &Shared) {
+/// for a full lease, and never itself. One shard's pass.
+async fn recover(shared: &Shared, queue: &crate::Queue) {
     let opts = &shared.options;
     if !shared.health.steady_for(opts.lease) {
         return;
     }
     let me = shared.worker_id();
     let started = Instant::now();
-    let expired = match shared.queue.expired_workers(opts.lease, me).await {
+    let expired = match queue.expired_workers(opts.lease, me).await {
         Ok(expired) => expired,
         Err(e) => {
             shared.health.failed("list expired workers", &e);
@@ -125,8 +135,7 @@ async fn recover(shared: &Shared) {
         return;
     }
     for worker in expired {
-        let recovered = shared
-            .queue
+        let recovered = queue
             .recover_worker(&worker, opts.lease, opts.policy.max_attempts, me)
             .await;
         let jobs = match recovered {
