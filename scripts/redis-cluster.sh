@@ -8,7 +8,8 @@
 #
 # Nothing is kept on disk beyond nodes-PORT.conf under the run directory, which `stop`
 # removes. Servers run with `--enable-debug-command local` (tests use DEBUG SLEEP) and a
-# short node timeout (2 s) so that a failover takes seconds.
+# short node timeout (2 s) so that a failover takes seconds; a replica may always take over
+# (validity factor 0: a quiet test cluster would otherwise judge its replicas too stale).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/redis-lib.sh
@@ -53,6 +54,7 @@ start() {
     rm -f "$dir/nodes-$p.conf"
     redis-server --daemonize yes --bind 127.0.0.1 --port "$p" --save "" --appendonly no \
       --cluster-enabled yes --cluster-config-file "nodes-$p.conf" --cluster-node-timeout 2000 \
+      --cluster-replica-validity-factor 0 --repl-diskless-sync-delay 0 \
       --enable-debug-command local --dir "$dir" --logfile "$dir/redis-$p.log" \
       --pidfile "$dir/redis-$p.pid"
   done
@@ -72,6 +74,20 @@ start() {
   for _ in $(seq 100); do
     redis-cli --cluster check "127.0.0.1:$base" >/dev/null 2>&1 && break
     sleep 0.1
+  done
+  # A replica promoted before its first sync would take over with an empty dataset.
+  for p in "${ports[@]}"; do
+    for _ in $(seq 100); do
+      local info
+      info=$(redis-cli -p "$p" info replication 2>/dev/null)
+      [[ $info == *"role:master"* || $info == *"master_link_status:up"* ]] && break
+      sleep 0.1
+    done
+    [[ $(redis-cli -p "$p" info replication) == *"role:master"* || \
+       $(redis-cli -p "$p" info replication) == *"master_link_status:up"* ]] || {
+      echo "replica on $p did not sync with its master (see $dir)" >&2
+      return 1
+    }
   done
   echo "redis cluster up: $(seeds)"
 }
