@@ -1080,11 +1080,12 @@ impl Queue {
     async fn shard_job_ids(&self) -> Result<HashSet<String>, QueueError> {
         let mut conn = self.conn.clone();
         let lanes = self.lane_keys();
+        type Entries = Vec<Vec<u8>>;
         let (high, normal, low, scheduled, workers): (
-            Vec<Vec<u8>>,
-            Vec<Vec<u8>>,
-            Vec<Vec<u8>>,
-            Vec<Vec<u8>>,
+            Entries,
+            Entries,
+            Entries,
+            Entries,
             Vec<String>,
         ) = redis::pipe()
             .lrange(&lanes[0], 0, -1)

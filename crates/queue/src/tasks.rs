@@ -201,7 +201,7 @@ impl TaskStore {
             });
         }
         let mut stalled: Vec<TaskSummary> = candidates.into_iter().map(|(t, _)| t).collect();
-        stalled.sort_by(|a, b| b.created_at_ms.cmp(&a.created_at_ms));
+        stalled.sort_by_key(|t| std::cmp::Reverse(t.created_at_ms));
         stalled.truncate(limit);
         Ok(stalled)
     }
