@@ -262,10 +262,16 @@ impl RedisArgs {
         // settlement for many minutes. These cover a failover (a node timeout plus an
         // election: seconds) in under ten seconds; past that the caller's own backoff and
         // health reporting take over.
+        //
+        // The overall bound must be set here: redis-rs derives it from the builder's response
+        // timeout, and a response timeout given per connection (`ClusterConfig`, see
+        // [`connect`]) leaves it unset, so a request caught in a topology change could wait
+        // forever (seen: a test hung for minutes after a master was killed).
         let mut builder = ClusterClientBuilder::new(seeds)
             .retries(6)
             .min_retry_wait(100)
-            .max_retry_wait(1_500);
+            .max_retry_wait(1_500)
+            .overall_response_timeout(Some(CLUSTER_REQUEST_TIMEOUT));
         if self.url.is_tls() {
             builder = builder.tls(if self.tls_insecure {
                 redis::TlsMode::Insecure
@@ -399,6 +405,10 @@ impl RedisArgs {
         }))
     }
 }
+
+/// Longest a cluster request may take, retries and redirections included: above the longest
+/// blocking wait (the fetcher's, 1 s) and a failover's usual few seconds.
+const CLUSTER_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
 fn is_tls_url(url: &str) -> bool {
     url.starts_with("rediss://") || url.starts_with("valkeys://")
