@@ -690,16 +690,19 @@ pub async fn check_access(conn: &RedisConnection) -> Result<(), QueueError> {
     }
 }
 
-/// The two connections a worker process needs: one multiplexed connection for everything,
-/// checked with [`check_access`], and one of its own for the fetcher's blocking wait
-/// (a blocking command stalls the connection it runs on).
+/// The connections a worker process needs: one multiplexed connection for everything,
+/// checked with [`check_access`], and one of its own per shard of its queue for that shard's
+/// blocking wait (a blocking command stalls the connection it runs on).
 pub async fn connect_worker(
     redis: &RedisArgs,
-) -> Result<(RedisConnection, RedisConnection), QueueError> {
+    shards: usize,
+) -> Result<(RedisConnection, Vec<RedisConnection>), QueueError> {
     let options = ConnectOptions::default();
     let conn = connect(redis, &options)?;
     check_access(&conn).await?;
-    let blocking = connect(redis, &options)?;
+    let blocking = (0..shards.max(1))
+        .map(|_| connect(redis, &options))
+        .collect::<Result<_, _>>()?;
     Ok((conn, blocking))
 }
 

@@ -259,16 +259,9 @@ pub async fn run<H: RoleHandler>(
 
     // A certificate, password or ACL that Redis refuses stops the worker now, with the
     // reason; Redis merely being away does not (it connects when Redis answers).
-    let (conn, blocking_conn) = connect_worker(&args.redis).await?;
     // One blocking connection per shard: each shard's waiter parks on its own.
     let shards = args.fleet.namespace.shards;
-    let mut blocking_conns = vec![blocking_conn];
-    for _ in 1..shards {
-        blocking_conns.push(agentfleet_queue::connect(
-            &args.redis,
-            &agentfleet_queue::ConnectOptions::default(),
-        )?);
-    }
+    let (conn, blocking_conns) = connect_worker(&args.redis, shards).await?;
 
     let metrics =
         Metrics::new(namespace.as_str()).map_err(|e| RuntimeError::Metrics(e.to_string()))?;

@@ -83,15 +83,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let worker_id = format!("bench-noop-{}", agentfleet_testkit::random_suffix(6));
     let concurrency = args.concurrency.max(1);
 
-    let (conn, blocking_conn) = connect_worker(&args.redis).await?;
+    // One blocking connection per shard: each shard's waiter parks on its own.
     let shards = args.fleet.namespace.shards;
-    let mut blocking_conns = vec![blocking_conn];
-    for _ in 1..shards {
-        blocking_conns.push(agentfleet_queue::connect(
-            &args.redis,
-            &agentfleet_queue::ConnectOptions::default(),
-        )?);
-    }
+    let (conn, blocking_conns) = connect_worker(&args.redis, shards).await?;
 
     let metrics = Metrics::new(namespace.as_str()).context("metrics registry")?;
     metrics.init_role(role, env!("CARGO_PKG_VERSION"), &worker_id);
