@@ -15,6 +15,9 @@ pub(crate) const MAX_BODY: usize = 8 * 1024 * 1024;
 const MAX_MESSAGE: usize = 500;
 
 pub(crate) fn client(args: &ProviderArgs) -> Result<reqwest::Client, ConfigError> {
+    // reqwest is built without a crypto provider (Cargo.toml): ring, the one Redis's TLS
+    // uses. Err means one is installed already, which is what we want.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
         .connect_timeout(args.connect_timeout())
         .timeout(args.request_timeout())
