@@ -1,5 +1,5 @@
 # agentfleet: the two commands that matter are `make demo` and `make test`.
-.PHONY: demo test prerequisites test-rust test-cluster cluster-start cluster-stop build-tests deploy-check e2e-observability bench bench-quick build fmt lint
+.PHONY: demo test prerequisites test-rust test-cluster cluster-start cluster-stop build-tests deploy-check e2e-observability bench bench-quick bench-cluster build fmt lint
 
 CARGO ?= cargo
 
@@ -59,6 +59,16 @@ BENCH_BUILD ?= build
 
 bench-quick: $(BENCH_BUILD)
 	target/release/agentfleet bench --quick
+	bash scripts/redis-cluster.sh start
+	REDIS_URL=$$(bash scripts/redis-cluster.sh seeds) AGENTFLEET_REDIS_CLUSTER=true \
+		target/release/agentfleet bench --cluster --quick
+
+# The Redis Cluster figures of BENCHMARKS.md (one role drained with 1 and 3 shards), on the
+# local cluster of scripts/redis-cluster.sh.
+bench-cluster: build
+	bash scripts/redis-cluster.sh start
+	REDIS_URL=$$(bash scripts/redis-cluster.sh seeds) AGENTFLEET_REDIS_CLUSTER=true \
+		target/release/agentfleet bench --cluster
 
 build:
 	$(CARGO) build --release --bins

@@ -10,12 +10,14 @@
 //! Modules by job: `scenarios` (what each scenario runs and reports), `scratch` (a
 //! scenario's namespace and worker processes), `measure` (reading `/proc` and Redis's
 //! counters), `report` (figures, targets, the table). `bench-noop-worker` (`src/bin`) is the
-//! worker the drain-noop scenarios run: the queue alone, no role handler.
+//! worker the drain-noop scenarios run: the queue alone, no role handler. `cluster` holds the
+//! `--cluster` scenarios (a Redis Cluster, one role's queue with 1 and 3 shards).
 //!
 //! A library of the CLI's: its errors are reported, never matched, so it uses `anyhow` like
 //! the binary it runs in.
 #![forbid(unsafe_code)]
 
+mod cluster;
 mod measure;
 mod report;
 mod scenarios;
@@ -29,6 +31,7 @@ use agentfleet_testkit::{PrivateRedis, RedisOptions, tempdir};
 use anyhow::Context;
 use clap::Args;
 
+use cluster::CLUSTER_SCENARIOS;
 use measure::clock_ticks;
 use report::print_table;
 use scenarios::Bench;
@@ -72,10 +75,17 @@ pub struct BenchArgs {
     /// then distorts the figures (redis-cost counts every command the server runs).
     #[arg(long)]
     private_redis: bool,
-    /// Run only this scenario (repeatable; default: all).
+    /// Run only this scenario (repeatable; default: all of the set, single Redis or
+    /// `--cluster`).
     #[arg(long = "scenario", value_name = "NAME",
-          value_parser = clap::builder::PossibleValuesParser::new(SCENARIOS))]
+          value_parser = clap::builder::PossibleValuesParser::new(
+              SCENARIOS.iter().chain(CLUSTER_SCENARIOS.iter())))]
     scenarios: Vec<String>,
+    /// The Redis Cluster scenarios instead (one role drained with 1 and 3 shards, Redis CPU
+    /// per job per master, projections for 3 and 10 nodes), on the cluster given by
+    /// `--redis-cluster --redis-url SEEDS` (`make bench-cluster` starts the local one).
+    #[arg(long, conflicts_with = "private_redis")]
+    cluster: bool,
 }
 
 /// Problem sizes of one run (full / `--quick`).
@@ -116,19 +126,40 @@ impl Sizes {
     }
 }
 
-/// True when a Redis answers PING at `url` within 2 s.
+/// True when a Redis (or a cluster) answers PING at `redis` within 2 s.
 async fn answers(redis: &RedisArgs) -> bool {
-    let Ok(client) = redis.client() else {
+    let Ok(mut conn) = connect(redis, &ConnectOptions::default()) else {
         return false;
     };
-    let ping = async {
-        let mut conn = client.get_multiplexed_async_connection().await?;
-        redis::cmd("PING").query_async::<String>(&mut conn).await
-    };
+    let ping = redis::cmd("PING").query_async::<String>(&mut conn);
     matches!(
         tokio::time::timeout(Duration::from_secs(2), ping).await,
         Ok(Ok(_))
     )
+}
+
+/// `redis_version` from `INFO server` (on a cluster, of its first master).
+async fn redis_version(redis: &RedisArgs) -> anyhow::Result<String> {
+    let client = redis
+        .master_clients()?
+        .into_iter()
+        .next()
+        .context("the cluster reported no master")?;
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .context("cannot connect to Redis")?;
+    let server: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut conn)
+        .await
+        .context("INFO server failed")?;
+    Ok(server
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .unwrap_or("unknown")
+        .trim()
+        .to_owned())
 }
 
 /// A private redis-server for this run (no persistence), stopped and removed on drop.
@@ -153,15 +184,45 @@ fn cpu_model() -> String {
 
 pub async fn run(redis: &RedisArgs, args: BenchArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let selected: Vec<&'static str> = SCENARIOS
-        .into_iter()
+    let set: &[&'static str] = if args.cluster {
+        &CLUSTER_SCENARIOS
+    } else {
+        &SCENARIOS
+    };
+    let selected: Vec<&'static str> = set
+        .iter()
+        .copied()
         .filter(|s| args.scenarios.is_empty() || args.scenarios.iter().any(|a| a == s))
         .collect();
+    if selected.is_empty() {
+        anyhow::bail!(
+            "{} --scenario is of the {} set: {}",
+            args.scenarios.join(", "),
+            if args.cluster { "single-Redis" } else { "--cluster" },
+            if args.cluster {
+                "drop --cluster"
+            } else {
+                "add --cluster"
+            }
+        );
+    }
+    match (args.cluster, redis.cluster) {
+        (true, false) => anyhow::bail!(
+            "bench --cluster measures a Redis Cluster: give one with --redis-cluster --redis-url SEEDS \
+             (`make bench-cluster` starts the local one, scripts/redis-cluster.sh)"
+        ),
+        (false, true) => anyhow::bail!(
+            "the single-Redis scenarios measure one Redis; on a cluster run `agentfleet bench --cluster`"
+        ),
+        _ => {}
+    }
 
     // Declared before everything that uses it, so it is dropped (stopped) last.
     let mut private_redis = None;
     let redis = if !args.private_redis && answers(redis).await {
         redis.clone()
+    } else if args.cluster {
+        anyhow::bail!("no Redis Cluster answers at {}", redis.url);
     } else {
         if !args.private_redis {
             eprintln!(
@@ -176,18 +237,8 @@ pub async fn run(redis: &RedisArgs, args: BenchArgs) -> anyhow::Result<ExitCode>
     // Shown without its password, everywhere below.
     let url = redis.url.clone();
     let private = private_redis.is_some();
-    let mut conn = connect(&redis, &ConnectOptions::default())?;
-    let server: String = redis::cmd("INFO")
-        .arg("server")
-        .query_async(&mut conn)
-        .await
-        .context("INFO server failed")?;
-    let redis_version = server
-        .lines()
-        .find_map(|l| l.strip_prefix("redis_version:"))
-        .unwrap_or("unknown")
-        .trim()
-        .to_owned();
+    let conn = connect(&redis, &ConnectOptions::default())?;
+    let redis_version = redis_version(&redis).await?;
     let (clk_tck, clk_assumed) = clock_ticks();
     let logs = tempdir("bench")?;
     let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());

@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::process::Command;
 
-use agentfleet_queue::RedisConnection;
 use anyhow::Context;
 
 /// utime + stime of a process, in clock ticks (`/proc/<pid>/stat` fields 14 and 15).
@@ -54,7 +53,9 @@ pub(crate) struct RedisSnapshot {
     pub(crate) cpu_secs: f64,
 }
 
-pub(crate) async fn redis_snapshot(conn: &mut RedisConnection) -> anyhow::Result<RedisSnapshot> {
+pub(crate) async fn redis_snapshot<C: redis::aio::ConnectionLike>(
+    conn: &mut C,
+) -> anyhow::Result<RedisSnapshot> {
     let (stats, cpu): (String, String) = redis::pipe()
         .cmd("INFO")
         .arg("commandstats")

@@ -87,6 +87,8 @@ impl Bench {
             "drain-events" => self.drain_events().await,
             "redis-cost" => self.redis_cost().await,
             "rss" => self.rss().await,
+            "cluster-drain-1-shard" => self.cluster_drain(name, 1).await,
+            "cluster-drain-3-shards" => self.cluster_drain(name, 3).await,
             other => Err(anyhow!("unknown scenario {other:?}")),
         }
     }

@@ -54,6 +54,8 @@ pub(crate) struct Scratch {
     pub(crate) conn: RedisConnection,
     pub(crate) logs: PathBuf,
     pub(crate) workers: Vec<Worker>,
+    /// Shards of every role's queue (`--shards`; the cluster scenarios use more than one).
+    pub(crate) shards: usize,
     /// Deletes the namespace's keys; dropped after the workers (see `Drop`).
     pub(crate) scratch: ScratchNamespace,
 }
@@ -67,12 +69,20 @@ impl Scratch {
             conn: bench.conn.clone(),
             logs: bench.logs.clone(),
             workers: Vec::new(),
+            shards: 1,
             scratch,
         })
     }
 
+    /// The same world with `shards` shards per queue: pushes spread over them, the no-op
+    /// workers fetch from all, counters are summed.
+    pub(crate) fn with_shards(mut self, shards: usize) -> Self {
+        self.shards = shards.max(1);
+        self
+    }
+
     pub(crate) fn queue(&self, role: &str) -> anyhow::Result<Queue> {
-        Ok(Queue::new(self.conn.clone(), &self.ns, role)?)
+        Ok(Queue::new(self.conn.clone(), &self.ns, role)?.with_shards(&self.ns, self.shards)?)
     }
 
     pub(crate) fn store(&self) -> TaskStore {
@@ -96,10 +106,18 @@ impl Scratch {
     /// without a handler or a record (what the drain-noop scenarios measure).
     pub(crate) fn spawn_noop(&mut self, role: &str, concurrency: u64) -> anyhow::Result<u32> {
         let concurrency = concurrency.to_string();
+        let shards = self.shards.to_string();
         self.start(
             "bench-noop-worker",
             role,
-            &["--role", role, "--concurrency", &concurrency],
+            &[
+                "--role",
+                role,
+                "--concurrency",
+                &concurrency,
+                "--shards",
+                &shards,
+            ],
         )
     }
 
@@ -154,10 +172,14 @@ impl Scratch {
         self.workers.iter_mut().try_for_each(Worker::check)
     }
 
+    /// A counter of `role`'s queue, summed over its shards.
     pub(crate) async fn stat(&self, role: &str, field: &str) -> anyhow::Result<u64> {
-        let key = self.ns.queue(role)?.stats();
-        let v: Option<u64> = self.conn.clone().hget(key, field).await?;
-        Ok(v.unwrap_or(0))
+        let mut total = 0;
+        for queue in self.queue(role)?.shards() {
+            let v: Option<u64> = self.conn.clone().hget(queue.keys().stats(), field).await?;
+            total += v.unwrap_or(0);
+        }
+        Ok(total)
     }
 
     /// Polls `role`'s `succeeded` counter every 20 ms until it reaches `n`; returns when it
