@@ -131,7 +131,8 @@ async fn answers(redis: &RedisArgs) -> bool {
     let Ok(mut conn) = connect(redis, &ConnectOptions::default()) else {
         return false;
     };
-    let ping = redis::cmd("PING").query_async::<String>(&mut conn);
+    let mut ping = redis::cmd("PING");
+    let ping = ping.query_async::<String>(&mut conn);
     matches!(
         tokio::time::timeout(Duration::from_secs(2), ping).await,
         Ok(Ok(_))
@@ -198,7 +199,11 @@ pub async fn run(redis: &RedisArgs, args: BenchArgs) -> anyhow::Result<ExitCode>
         anyhow::bail!(
             "{} --scenario is of the {} set: {}",
             args.scenarios.join(", "),
-            if args.cluster { "single-Redis" } else { "--cluster" },
+            if args.cluster {
+                "single-Redis"
+            } else {
+                "--cluster"
+            },
             if args.cluster {
                 "drop --cluster"
             } else {
