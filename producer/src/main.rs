@@ -482,11 +482,19 @@ async fn main() -> ExitCode {
         }
     };
     let url = cli.redis.url.clone();
+    let redis = cli.redis.clone();
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {
             let code = exit_code(&e);
-            let text = describe(&e);
+            let mut text = describe(&e);
+            if code == exit::REDIS_UNAVAILABLE {
+                // A cluster that refused every connection says only "no connections found":
+                // ask a seed why (a certificate or password names its flag).
+                if let Some(refused) = redis.cluster_refusal().await {
+                    text = refused.to_string();
+                }
+            }
             if code == exit::REDIS_UNAVAILABLE {
                 // Say where, without the password.
                 eprintln!("agentfleet: Redis at {url}: {text}");

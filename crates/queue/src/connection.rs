@@ -298,8 +298,9 @@ impl RedisArgs {
         let mut last_error = None;
         for seed in self.url.seeds() {
             let info = self.connection_info(seed)?;
-            let nodes = redis::Client::open(info.clone())
-                .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
+            let nodes = self
+                .node_client(info.clone())?
+                .get_connection_with_timeout(Duration::from_secs(2))
                 .and_then(|mut c| redis::cmd("CLUSTER").arg("NODES").query::<String>(&mut c));
             match nodes {
                 Ok(nodes) => {
@@ -319,11 +320,7 @@ impl RedisArgs {
                                 },
                                 _ => ConnectionAddr::Tcp(host, port),
                             };
-                            let node = info.clone().set_addr(addr);
-                            Ok(match self.tls_certificates()? {
-                                None => redis::Client::open(node)?,
-                                Some(c) => redis::Client::build_with_tls(node, c)?,
-                            })
+                            self.node_client(info.clone().set_addr(addr))
                         })
                         .collect();
                 }
@@ -333,6 +330,41 @@ impl RedisArgs {
         Err(last_error
             .map(QueueError::from)
             .unwrap_or_else(|| QueueError::Config("--redis-url: no seed node".to_owned())))
+    }
+
+    /// A client for one node (a seed or a master) with this configuration's certificates.
+    fn node_client(&self, info: ConnectionInfo) -> Result<redis::Client, QueueError> {
+        Ok(match self.tls_certificates()? {
+            None => redis::Client::open(info)?,
+            Some(c) => redis::Client::build_with_tls(info, c)?,
+        })
+    }
+
+    /// Why the cluster's seeds refuse us, if they do. redis-rs reports a cluster it could
+    /// not reach at all as "no connections found", whatever the reason; one plain PING per
+    /// seed, with the same TLS files and credentials, tells a refused certificate or
+    /// password (which waiting will not fix: the error says which flag to check) from nodes
+    /// that are away (None: wait for them).
+    pub async fn cluster_refusal(&self) -> Option<QueueError> {
+        if !self.cluster {
+            return None;
+        }
+        for seed in self.url.seeds() {
+            let Ok(client) = self.connection_info(seed).and_then(|i| self.node_client(i)) else {
+                continue;
+            };
+            let ping = async {
+                let mut conn = client.get_multiplexed_async_connection().await?;
+                redis::cmd("PING").query_async::<String>(&mut conn).await
+            };
+            if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(2), ping).await {
+                let e = QueueError::from(e);
+                if e.is_refusal() {
+                    return Some(e);
+                }
+            }
+        }
+        None
     }
 
     /// One URL of --redis-url parsed, refusing TLS flags on a plain URL and applying
@@ -700,6 +732,9 @@ pub async fn connect_worker(
     let options = ConnectOptions::default();
     let conn = connect(redis, &options)?;
     check_access(&conn).await?;
+    if let Some(refused) = redis.cluster_refusal().await {
+        return Err(refused);
+    }
     let blocking = (0..shards.max(1))
         .map(|_| connect(redis, &options))
         .collect::<Result<_, _>>()?;
