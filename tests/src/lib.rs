@@ -49,27 +49,45 @@ pub fn redis_args() -> RedisArgs {
 /// removed on drop. Tests that only use a cluster share the one `make test` starts.
 pub struct PrivateCluster {
     base: u16,
+    /// The certificates' directory of a TLS-only cluster ([`PrivateCluster::start_tls`]).
+    tls: Option<PathBuf>,
 }
 
 impl PrivateCluster {
     pub fn start(base: u16) -> Self {
-        let cluster = Self { base };
-        let out = cluster.script("start");
+        Self { base, tls: None }.started()
+    }
+
+    /// A cluster that speaks only TLS, to clients and between its nodes, with the
+    /// certificates of `certs`; a client certificate is checked when one is presented.
+    pub fn start_tls(base: u16, certs: &Certs) -> Self {
+        Self {
+            base,
+            tls: Some(certs.dir.clone()),
+        }
+        .started()
+    }
+
+    fn started(self) -> Self {
+        let out = self.script("start");
         assert!(
             out.status.success(),
-            "start a cluster on {base}: {}",
+            "start a cluster on {}: {}",
+            self.base,
             String::from_utf8_lossy(&out.stderr)
         );
-        cluster
+        self
     }
 
     fn script(&self, action: &str) -> Output {
-        Command::new("bash")
-            .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/redis-cluster.sh"))
+        let mut cmd = Command::new("bash");
+        cmd.arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/redis-cluster.sh"))
             .arg(action)
-            .env("AGENTFLEET_CLUSTER_PORT", self.base.to_string())
-            .output()
-            .expect("run scripts/redis-cluster.sh")
+            .env("AGENTFLEET_CLUSTER_PORT", self.base.to_string());
+        if let Some(dir) = &self.tls {
+            cmd.env("AGENTFLEET_CLUSTER_TLS_DIR", dir);
+        }
+        cmd.output().expect("run scripts/redis-cluster.sh")
     }
 
     /// The seed list for `--redis-url`.
@@ -79,8 +97,16 @@ impl PrivateCluster {
             .to_owned()
     }
 
+    /// How clients reach it: the seeds, and on a TLS cluster the test CA and the client
+    /// certificate.
     pub fn args(&self) -> RedisArgs {
-        RedisArgs::cluster(self.seeds())
+        let mut args = RedisArgs::cluster(self.seeds());
+        if let Some(dir) = &self.tls {
+            args.ca_file = Some(dir.join("ca.crt"));
+            args.client_cert = Some(dir.join("client.crt"));
+            args.client_key = Some(dir.join("client.key"));
+        }
+        args
     }
 
     /// The ports of the cluster's live masters.

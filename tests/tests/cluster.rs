@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use agentfleet_e2e::{Fleet, PrivateCluster, wait_until};
+use agentfleet_e2e::{Certs, Fleet, PrivateCluster, wait_until};
 use agentfleet_job::TaskStatus;
 use agentfleet_queue::RedisArgs;
 
@@ -102,7 +102,7 @@ fn a_worker_killed_on_the_cluster_has_its_jobs_recovered_within_the_lease() {
 /// not yet replicated is gone (Redis replicates asynchronously), and a task whose job was such
 /// a write stays waiting with no job anywhere. `agentfleet tasks --stalled` lists those.
 #[test]
-#[ignore = "passes alone (cargo test --test cluster -- --ignored: 2,200 of 2,200 done, replica promoted in 3 s) but hung past 5 minutes once beside this file's other tests on 2 cores: not yet understood, so not in make test"]
+#[ignore = "flaky, so not in make test: 7 of 8 runs pass (cargo test --test cluster -- --ignored: 2,200 of 2,200 done, 0 stalled, replica promoted in 2.1-4.5 s, settled 5.7-10.6 s after the kill), but in 1 of 8 a read of the test's own (a new cluster connection per query) failed with `timed out` during the failover; the cause (a request held on the dead master up to the 5 s response timeout?) is not yet found"]
 fn a_master_killed_mid_drain_fails_over_and_no_task_is_silently_lost() {
     let cluster = PrivateCluster::start(7100);
     let fleet = Fleet::with("cl-failover", cluster.args());
@@ -179,6 +179,43 @@ fn a_master_killed_mid_drain_fails_over_and_no_task_is_silently_lost() {
         killed_at.elapsed()
     );
     assert_eq!(fleet.count_status(&all, TaskStatus::Dead), 0);
+}
+
+/// TLS on a cluster: the nodes speak only TLS (to clients, on the cluster bus and to their
+/// replicas); workers and the CLI check every node they are redirected to against the test
+/// CA and present the client certificate; with the wrong CA the CLI stops, naming the flag.
+#[test]
+fn the_pipeline_runs_on_a_tls_only_cluster() {
+    let certs = Certs::generate();
+    let cluster = PrivateCluster::start_tls(7300, &certs);
+    let fleet = Fleet::with("cl-tls", cluster.args());
+    let _r = fleet.worker("reasoning").arg("--concurrency", 20).spawn();
+    let _s = fleet.worker("synthesis").arg("--concurrency", 20).spawn();
+    let ids = fleet.enqueue_many(300, "over TLS on a cluster");
+    assert!(
+        wait_until(Duration::from_secs(60), || fleet
+            .count_status(&ids, TaskStatus::Done)
+            == ids.len()),
+        "{:?}",
+        fleet.queue_counts()
+    );
+    // 300 records on slots spread over the three masters: every node was reached over TLS.
+    let out = fleet.cli_with(
+        &["queues"],
+        &[(
+            "AGENTFLEET_REDIS_CA_FILE",
+            certs.path("wrong-ca.crt").to_str().unwrap(),
+        )],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(agentfleet_job::exit::REDIS_UNAVAILABLE as i32)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--redis-ca-file"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Task ids `agentfleet tasks --stalled` reports (unchanged for 5 s).
