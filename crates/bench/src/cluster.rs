@@ -135,8 +135,9 @@ impl Bench {
             })
             .collect::<Vec<_>>()
             .join(" ");
-        self.notes
-            .push(format!("{scenario}: shards per master (port [shards]): {placement}"));
+        self.notes.push(format!(
+            "{scenario}: shards per master (port [shards]): {placement}"
+        ));
 
         let idle0 = snapshots(&mut masters).await?;
         tokio::time::sleep(IDLE_SAMPLE).await;
