@@ -131,8 +131,8 @@ async fn answers(redis: &RedisArgs) -> bool {
     let Ok(mut conn) = connect(redis, &ConnectOptions::default()) else {
         return false;
     };
-    let mut ping = redis::cmd("PING");
-    let ping = ping.query_async::<String>(&mut conn);
+    let ping_cmd = redis::cmd("PING");
+    let ping = ping_cmd.query_async::<String>(&mut conn);
     matches!(
         tokio::time::timeout(Duration::from_secs(2), ping).await,
         Ok(Ok(_))
