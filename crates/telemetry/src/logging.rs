@@ -92,6 +92,10 @@ pub fn init_logging(
 
 fn otlp_provider(endpoint: &str, service_name: &str) -> Result<SdkTracerProvider, TracingError> {
     use opentelemetry_otlp::{SpanExporter, WithExportConfig};
+    // The exporter's HTTP client is the workspace's reqwest, built without a crypto provider
+    // (see Cargo.toml): it panics unless one is installed. Ring, as for Redis's TLS and the
+    // providers; Err means one is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let traces = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
     let exporter = SpanExporter::builder()
         .with_http()
