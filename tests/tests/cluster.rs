@@ -97,12 +97,78 @@ fn a_worker_killed_on_the_cluster_has_its_jobs_recovered_within_the_lease() {
     );
 }
 
+/// The test's own view of a fleet's task records during a failover: one long-lived cluster
+/// connection, like a worker's, and a read that fails while the cluster changes hands counts
+/// as "not known yet" (None) instead of failing the test. A read of 2,200 records is ~2,000
+/// single-slot requests at once; during a failover one of them was seen held past the
+/// connection's 15 s bound (`timed out`), once in eight runs, while the fleet itself carried on.
+struct Observer {
+    runtime: tokio::runtime::Runtime,
+    conn: agentfleet_queue::RedisConnection,
+    ns: agentfleet_queue::Namespace,
+}
+
+impl Observer {
+    fn new(fleet: &Fleet) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        let conn = runtime.block_on(async {
+            agentfleet_queue::connect(&fleet.redis, &Default::default())
+                .expect("connect to the cluster")
+        });
+        Self {
+            runtime,
+            conn,
+            ns: fleet.ns(),
+        }
+    }
+
+    /// `field` of every task's record, or None when the read failed.
+    fn fields(&self, ids: &[String], field: &str) -> Option<Vec<Option<String>>> {
+        let mut pipe = redis::pipe();
+        for id in ids {
+            pipe.hget(self.ns.task(id), field);
+        }
+        let mut conn = self.conn.clone();
+        match self
+            .runtime
+            .block_on(async { pipe.query_async(&mut conn).await })
+        {
+            Ok(values) => Some(values),
+            Err(e) => {
+                eprintln!("observer: a read failed during the failover: {e}");
+                None
+            }
+        }
+    }
+
+    fn count(&self, ids: &[String], field: &str, value: &str) -> Option<usize> {
+        let values = self.fields(ids, field)?;
+        Some(
+            values
+                .iter()
+                .filter(|v| v.as_deref() == Some(value))
+                .count(),
+        )
+    }
+
+    fn stage_done(&self, ids: &[String], role: &str) -> Option<usize> {
+        self.count(ids, &format!("{role}.state"), "done")
+    }
+
+    fn with_status(&self, ids: &[String], status: TaskStatus) -> Option<usize> {
+        self.count(ids, "status", &status.to_string())
+    }
+}
+
 /// A master SIGKILLed mid-drain: its replica takes over, the workers and the producer carry
 /// on, and every task ends done, or is reported: a write the dead master acknowledged but had
 /// not yet replicated is gone (Redis replicates asynchronously), and a task whose job was such
 /// a write stays waiting with no job anywhere. `agentfleet tasks --stalled` lists those.
 #[test]
-#[ignore = "flaky, so not in make test: 7 of 8 runs pass (cargo test --test cluster -- --ignored: 2,200 of 2,200 done, 0 stalled, replica promoted in 2.1-4.5 s, settled 5.7-10.6 s after the kill), but in 1 of 8 a read of the test's own (a new cluster connection per query) failed with `timed out` during the failover; the cause (a request held on the dead master up to the 5 s response timeout?) is not yet found"]
 fn a_master_killed_mid_drain_fails_over_and_no_task_is_silently_lost() {
     let cluster = PrivateCluster::start(7100);
     let fleet = Fleet::with("cl-failover", cluster.args());
@@ -121,10 +187,11 @@ fn a_master_killed_mid_drain_fails_over_and_no_task_is_silently_lost() {
         worker("synthesis"),
     ];
     let ids = fleet.enqueue_many(2_000, "failover");
+    let observer = Observer::new(&fleet);
     assert!(
-        wait_until(Duration::from_secs(30), || fleet
-            .count_stage_done(&ids, "synthesis")
-            >= 300),
+        wait_until(Duration::from_secs(30), || observer
+            .stage_done(&ids, "synthesis")
+            .is_some_and(|n| n >= 300)),
         "{:?}",
         fleet.queue_counts()
     );
@@ -137,11 +204,18 @@ fn a_master_killed_mid_drain_fails_over_and_no_task_is_silently_lost() {
         "a replica took over from {victim}"
     );
     eprintln!("replica promoted {:?} after the kill", killed_at.elapsed());
-    let before = fleet.count_stage_done(&ids, "synthesis");
+    let mut before = None;
     assert!(
-        wait_until(Duration::from_secs(20), || fleet
-            .count_stage_done(&ids, "synthesis")
-            > before + 100),
+        wait_until(Duration::from_secs(20), || {
+            let now = observer.stage_done(&ids, "synthesis");
+            match (before, now) {
+                (Some(b), Some(n)) => n > b + 100,
+                _ => {
+                    before = before.or(now);
+                    false
+                }
+            }
+        }),
         "the workers carry on after the failover: {:?}",
         fleet.queue_counts()
     );
@@ -162,9 +236,9 @@ fn a_master_killed_mid_drain_fails_over_and_no_task_is_silently_lost() {
     };
     assert!(
         wait_until(Duration::from_secs(90), || settled(&fleet)
-            && fleet.count_status(&all, TaskStatus::Done)
-                + stalled(&fleet).len()
-                == all.len()),
+            && observer
+                .with_status(&all, TaskStatus::Done)
+                .is_some_and(|done| done + stalled(&fleet).len() == all.len())),
         "{:?} done {} stalled {}",
         fleet.queue_counts(),
         fleet.count_status(&all, TaskStatus::Done),
