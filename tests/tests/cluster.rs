@@ -28,6 +28,16 @@ fn in_flight(fleet: &Fleet, role: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Waits until every task of `ids` is done; fails with the queues' counts otherwise.
+fn wait_all_done(fleet: &Fleet, ids: &[String], timeout: Duration) {
+    assert!(
+        wait_until(timeout, || fleet.count_status(ids, TaskStatus::Done)
+            == ids.len()),
+        "{:?}",
+        fleet.queue_counts()
+    );
+}
+
 #[test]
 fn the_pipeline_runs_on_the_cluster() {
     let fleet = Fleet::with("cl-pipe", shared_cluster());
@@ -36,13 +46,7 @@ fn the_pipeline_runs_on_the_cluster() {
     let _s1 = fleet.worker("synthesis").arg("--concurrency", 50).spawn();
     let _s2 = fleet.worker("synthesis").arg("--concurrency", 50).spawn();
     let ids = fleet.enqueue_many(2_000, "cluster");
-    assert!(
-        wait_until(Duration::from_secs(60), || fleet
-            .count_status(&ids, TaskStatus::Done)
-            == ids.len()),
-        "{:?}",
-        fleet.queue_counts()
-    );
+    wait_all_done(&fleet, &ids, Duration::from_secs(60));
     let counts = fleet.settled_counts();
     for role in counts.as_array().unwrap() {
         assert_eq!(role["done"], 2_000, "{counts:?}");
@@ -80,13 +84,7 @@ fn a_worker_killed_on_the_cluster_has_its_jobs_recovered_within_the_lease() {
         .arg("--lease-timeout-secs", 2)
         .spawn();
     let _s = fleet.worker("synthesis").spawn();
-    assert!(
-        wait_until(Duration::from_secs(30), || fleet
-            .count_status(&ids, TaskStatus::Done)
-            == ids.len()),
-        "{:?}",
-        fleet.queue_counts()
-    );
+    wait_all_done(&fleet, &ids, Duration::from_secs(30));
     let took = killed_at.elapsed();
     eprintln!("recovered all 30 jobs {took:?} after kill -9 (lease 2 s)");
     let counts = fleet.settled_counts();
@@ -266,13 +264,7 @@ fn the_pipeline_runs_on_a_tls_only_cluster() {
     let _r = fleet.worker("reasoning").arg("--concurrency", 20).spawn();
     let _s = fleet.worker("synthesis").arg("--concurrency", 20).spawn();
     let ids = fleet.enqueue_many(300, "over TLS on a cluster");
-    assert!(
-        wait_until(Duration::from_secs(60), || fleet
-            .count_status(&ids, TaskStatus::Done)
-            == ids.len()),
-        "{:?}",
-        fleet.queue_counts()
-    );
+    wait_all_done(&fleet, &ids, Duration::from_secs(60));
     // 300 records on slots spread over the three masters: every node was reached over TLS.
     let out = fleet.cli_with(
         &["queues"],
@@ -381,13 +373,7 @@ fn the_readme_acl_users_run_the_pipeline_on_the_cluster() {
     let _r = workers.worker("reasoning").spawn();
     let _s = workers.worker("synthesis").spawn();
     let ids = cli.enqueue_many(200, "acl");
-    assert!(
-        wait_until(Duration::from_secs(30), || cli
-            .count_status(&ids, TaskStatus::Done)
-            == ids.len()),
-        "{:?}",
-        cli.queue_counts()
-    );
+    wait_all_done(&cli, &ids, Duration::from_secs(30));
     assert!(cli.record(&ids[0]).answer.is_some());
     let counts = cli.settled_counts();
     assert_eq!(counts[1]["done"], 200, "{counts:?}");

@@ -78,6 +78,18 @@ async fn masters(bench: &Bench) -> anyhow::Result<Vec<Master>> {
     Ok(out)
 }
 
+/// Shard numbers as "0,2", or `none` when there are none.
+fn shard_list(shards: &[usize], none: &str) -> String {
+    if shards.is_empty() {
+        return none.to_owned();
+    }
+    shards
+        .iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 async fn snapshots(masters: &mut [Master]) -> anyhow::Result<Vec<RedisSnapshot>> {
     let mut out = Vec::with_capacity(masters.len());
     for m in masters.iter_mut() {
@@ -121,18 +133,7 @@ impl Bench {
         let placement = masters
             .iter()
             .zip(&shards_of)
-            .map(|(m, ks)| {
-                let ks: Vec<String> = ks.iter().map(usize::to_string).collect();
-                format!(
-                    "{} [{}]",
-                    m.port,
-                    if ks.is_empty() {
-                        "-".to_owned()
-                    } else {
-                        ks.join(",")
-                    }
-                )
-            })
+            .map(|(m, ks)| format!("{} [{}]", m.port, shard_list(ks, "-")))
             .collect::<Vec<_>>()
             .join(" ");
         self.notes.push(format!(
@@ -199,18 +200,13 @@ impl Bench {
             None,
         );
         for (i, (m, us)) in masters.iter().zip(&per_master).enumerate() {
-            let ks: Vec<String> = shards_of[i].iter().map(usize::to_string).collect();
             self.figure(
                 scenario,
                 &format!("master{i}_cpu_us_per_job"),
                 format!(
                     " master :{} (shards {}): CPU per job",
                     m.port,
-                    if ks.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        ks.join(",")
-                    }
+                    shard_list(&shards_of[i], "none")
                 ),
                 *us,
                 "µs",
