@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
-use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
 use redis::{
     Arg, Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisFuture, Value,
 };
 
 use crate::QueueError;
+use crate::cluster_link::ClusterLink;
 
 /// How to reach Redis.
 #[derive(Debug, Clone)]
@@ -481,7 +481,7 @@ fn read_pem(flag: &str, path: &Path, kind: &str) -> Result<Vec<u8>, QueueError> 
 #[derive(Clone)]
 pub enum RedisConnection {
     Single(ConnectionManager),
-    Cluster(ClusterConnection),
+    Cluster(ClusterLink),
 }
 
 impl RedisConnection {
@@ -516,8 +516,8 @@ impl RedisConnection {
                     cursor = next;
                 }
             }
-            Self::Cluster(conn) => {
-                let mut conn = conn.clone();
+            Self::Cluster(link) => {
+                let mut conn = link.conn();
                 for (host, port) in self.masters().await? {
                     let mut cursor = 0;
                     loop {
@@ -542,12 +542,12 @@ impl RedisConnection {
 
     /// The cluster's masters (host, port), from `CLUSTER NODES`; empty for a single Redis.
     pub async fn masters(&self) -> redis::RedisResult<Vec<(String, u16)>> {
-        let Self::Cluster(conn) = self else {
+        let Self::Cluster(link) = self else {
             return Ok(Vec::new());
         };
         let nodes: String = redis::cmd("CLUSTER")
             .arg("NODES")
-            .query_async(&mut conn.clone())
+            .query_async(&mut link.conn())
             .await?;
         Ok(parse_cluster_masters(&nodes))
     }
@@ -581,7 +581,10 @@ impl ConnectionLike for RedisConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Self::Single(conn) => conn.req_packed_command(cmd),
-            Self::Cluster(conn) => conn.req_packed_command(cmd),
+            Self::Cluster(link) => {
+                let mut conn = link.conn();
+                Box::pin(async move { conn.req_packed_command(cmd).await })
+            }
         }
     }
 
@@ -593,14 +596,17 @@ impl ConnectionLike for RedisConnection {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             Self::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
-            Self::Cluster(conn) => Box::pin(cluster_pipeline(conn, pipeline, offset, count)),
+            Self::Cluster(link) => {
+                let mut conn = link.conn();
+                Box::pin(async move { cluster_pipeline(&mut conn, pipeline, offset, count).await })
+            }
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Self::Single(conn) => conn.get_db(),
-            Self::Cluster(conn) => conn.get_db(),
+            Self::Cluster(link) => link.conn().get_db(),
         }
     }
 }
@@ -633,7 +639,7 @@ fn command_route(cmd: &Cmd) -> Option<Route> {
 /// A pipeline on a cluster: as is when its commands share a slot (or it is a transaction,
 /// which must), else one sub-pipeline per slot, sent concurrently, replies re-ordered.
 async fn cluster_pipeline(
-    conn: &mut ClusterConnection,
+    conn: &mut redis::cluster_async::ClusterConnection,
     pipeline: &Pipeline,
     offset: usize,
     count: usize,
@@ -690,9 +696,14 @@ pub fn connect(redis: &RedisArgs, options: &ConnectOptions) -> Result<RedisConne
         let config = ClusterConfig::new()
             .set_connection_timeout(options.connect_timeout)
             .set_response_timeout(options.response_timeout);
-        return Ok(RedisConnection::Cluster(
-            client.get_pending_async_connection_with_config(config),
-        ));
+        // Probe timeout: a healthy slot refresh connects to every node (each within the
+        // connect timeout) and asks one of them (within the response timeout).
+        let probe_timeout = options.connect_timeout + options.response_timeout;
+        return Ok(RedisConnection::Cluster(ClusterLink::new(
+            client,
+            config,
+            probe_timeout,
+        )));
     }
     let client = redis.client()?;
     let config = ConnectionManagerConfig::new()

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 mod backend;
+mod cluster_link;
 mod connection;
 mod dead_letter;
 mod error;
