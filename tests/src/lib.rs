@@ -114,9 +114,42 @@ impl PrivateCluster {
         cluster_masters(self.base)
     }
 
+    /// Whether every live node says `cluster_state:ok` (after a failover, the nodes agree
+    /// on the new master one by one; until then some still answer `CLUSTERDOWN`).
+    pub fn state_ok(&self) -> bool {
+        (self.base..self.base + 6)
+            .filter_map(|p| redis_cli(p, &["cluster", "info"]))
+            .all(|info| info.contains("cluster_state:ok"))
+    }
+
     /// The port of the master that owns `key`'s slot, asked of any live node.
     pub fn master_of(&self, key: &str) -> u16 {
         master_of(self.base, key)
+    }
+
+    /// Freezes the node on `port` for `how_long` (`DEBUG SLEEP`, sent from a thread of its
+    /// own; returns once the node is asleep, i.e. no longer answers `PING` quickly).
+    pub fn debug_sleep(&self, port: u16, how_long: Duration) {
+        let url = format!("redis://127.0.0.1:{port}");
+        let secs = how_long.as_secs_f64();
+        std::thread::spawn(move || {
+            let client = redis::Client::open(url).expect("a node URL");
+            let mut conn = client.get_connection().expect("the node answers");
+            let _: redis::RedisResult<()> =
+                redis::cmd("DEBUG").arg("SLEEP").arg(secs).query(&mut conn);
+        });
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("a node URL");
+        assert!(
+            wait_until(Duration::from_secs(5), || {
+                let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_millis(200))
+                else {
+                    return true;
+                };
+                let _ = conn.set_read_timeout(Some(Duration::from_millis(200)));
+                redis::cmd("PING").query::<String>(&mut conn).is_err()
+            }),
+            "the node on {port} fell asleep"
+        );
     }
 
     /// Sends SIGKILL to the node on `port` (its pid from the script's pid file).

@@ -42,8 +42,9 @@ async fn fetch_one_shard(
 ) {
     let worker_id = shared.worker_id().to_owned();
     let mut backoff = Backoff::new();
+    let mut last_reconcile = Instant::now();
     loop {
-        if !reconciled(&shared, &mut backoff).await {
+        if !reconciled(&shared, &mut backoff, &mut last_reconcile).await {
             if shared.stop.is_cancelled() {
                 return;
             }
@@ -109,8 +110,9 @@ async fn fetch_shards(
         })
         .collect();
     let mut backoff = Backoff::new();
+    let mut last_reconcile = Instant::now();
     loop {
-        if !reconciled(&shared, &mut backoff).await {
+        if !reconciled(&shared, &mut backoff, &mut last_reconcile).await {
             if shared.stop.is_cancelled() {
                 break;
             }
@@ -202,15 +204,24 @@ async fn wait_loop(
     }
 }
 
-/// Runs a pending reconciliation. False when it failed (after the backoff) or the worker
-/// stops meanwhile.
-async fn reconciled(shared: &Shared, backoff: &mut Backoff) -> bool {
-    if !shared.reconcile.load(Ordering::Relaxed) {
+/// Runs a pending reconciliation, and one every lease even when nothing asked for it. False
+/// when it failed (after the backoff) or the worker stops meanwhile.
+///
+/// Why also every lease: an error is not the only sign of a write that did not stick. On a
+/// Redis Cluster, a master frozen past the node timeout is replaced by its replica, then wakes
+/// and still runs (and answers) the requests queued to it before it learns it was demoted:
+/// an acknowledgement answered that way is lost with the old master's data, and its entry
+/// stays in this worker's in-flight hash on the new master, where no recovery looks while
+/// the worker lives (seen: 3 to 8 entries per run of the frozen-master test). One `HKEYS`
+/// of the worker's own in-flight hash per lease finds them; they run again (at-least-once).
+async fn reconciled(shared: &Shared, backoff: &mut Backoff, last: &mut Instant) -> bool {
+    if !shared.reconcile.load(Ordering::Relaxed) && last.elapsed() < shared.options.lease {
         return true;
     }
     match reconcile(shared).await {
         Ok(()) => {
             shared.reconcile.store(false, Ordering::Relaxed);
+            *last = Instant::now();
             true
         }
         Err(e) => {
@@ -286,7 +297,8 @@ async fn fetch_failed(shared: &Shared, backoff: &mut Backoff, e: &QueueError) ->
 ///
 /// Only the fetcher adds entries to the in-flight hash and to [`super::Held`], and it is
 /// here, not fetching: so an entry in Redis but not held was handed out by a fetch whose
-/// reply was lost, and no one in this process will ever run or settle it.
+/// reply was lost (or settled on a master that a failover then replaced), and no one in
+/// this process will ever run or settle it.
 async fn reconcile(shared: &Shared) -> Result<(), QueueError> {
     for queue in &shared.shards {
         let in_redis = queue.in_flight_entries(shared.worker_id()).await?;
@@ -298,7 +310,7 @@ async fn reconcile(shared: &Shared) -> Result<(), QueueError> {
         tracing::warn!(
             released,
             shard = queue.shard_index(),
-            "handed back in-flight entries this worker never received (a fetch committed but its reply was lost)"
+            "handed back in-flight entries this worker does not hold (a fetch committed but its reply was lost, or a settlement answered by a master a failover then replaced)"
         );
     }
     Ok(())
