@@ -230,7 +230,15 @@ fn master_fault_mid_drain(
         "replica promoted {:?} after the master was {what}",
         killed_at.elapsed()
     );
-    // The producer carries on: a second batch enqueued after the failover.
+    // The producer carries on: a second batch enqueued after the failover, once a new
+    // `agentfleet` process is served (until the nodes agree, one may meet `CLUSTERDOWN`).
+    assert!(
+        wait_until(Duration::from_secs(30), || fleet
+            .cli(&["queues"])
+            .status
+            .success()),
+        "agentfleet is served again after the failover"
+    );
     let more = fleet.enqueue_many(200, "after");
     let all: Vec<String> = ids.iter().chain(&more).cloned().collect();
     // The workers carry on: tasks enqueued after the failover are worked. A read the observer
