@@ -221,24 +221,19 @@ fn master_fault_mid_drain(
     fault(&cluster, victim);
     let killed_at = Instant::now();
     assert!(
-        wait_until(Duration::from_secs(30), || cluster.masters().len() == 3
-            && !cluster.masters().contains(&victim)
-            && cluster.state_ok()),
+        wait_until(Duration::from_secs(30), || {
+            // One reading: two could straddle the moment the victim is first suspected
+            // (`fail?`), counting it as a master in one and as gone in the other.
+            let masters = cluster.masters();
+            masters.len() == 3 && !masters.contains(&victim) && cluster.state_ok()
+        }),
         "a replica took over from {victim}"
     );
     eprintln!(
         "replica promoted {:?} after the master was {what}",
         killed_at.elapsed()
     );
-    // The producer carries on: a second batch enqueued after the failover, once a new
-    // `agentfleet` process is served (until the nodes agree, one may meet `CLUSTERDOWN`).
-    assert!(
-        wait_until(Duration::from_secs(30), || fleet
-            .cli(&["queues"])
-            .status
-            .success()),
-        "agentfleet is served again after the failover"
-    );
+    // The producer carries on: a second batch enqueued after the failover.
     let more = fleet.enqueue_many(200, "after");
     let all: Vec<String> = ids.iter().chain(&more).cloned().collect();
     // The workers carry on: tasks enqueued after the failover are worked. A read the observer
