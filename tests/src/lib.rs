@@ -130,15 +130,14 @@ impl PrivateCluster {
     /// Freezes the node on `port` for `how_long` (`DEBUG SLEEP`, sent from a thread of its
     /// own; returns once the node is asleep, i.e. no longer answers `PING` quickly).
     pub fn debug_sleep(&self, port: u16, how_long: Duration) {
-        let url = format!("redis://127.0.0.1:{port}");
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("a node URL");
+        let sleeper = client.clone();
         let secs = how_long.as_secs_f64();
         std::thread::spawn(move || {
-            let client = redis::Client::open(url).expect("a node URL");
-            let mut conn = client.get_connection().expect("the node answers");
+            let mut conn = sleeper.get_connection().expect("the node answers");
             let _: redis::RedisResult<()> =
                 redis::cmd("DEBUG").arg("SLEEP").arg(secs).query(&mut conn);
         });
-        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("a node URL");
         assert!(
             wait_until(Duration::from_secs(5), || {
                 let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_millis(200))

@@ -306,3 +306,69 @@ async fn a_redis_restart_mid_drain_loses_no_acknowledged_state() {
         5_000
     );
 }
+
+/// The tasks index gains every enqueued id and loses ids older than a record lifetime: on
+/// the first enqueue of a process, then at most once a second while it enqueues.
+#[tokio::test]
+async fn the_tasks_index_drops_ids_older_than_a_record_lifetime_while_tasks_are_enqueued() {
+    use agentfleet_job::{Pipeline, TaskSpec, now_ms};
+    use agentfleet_queue::{NewTask, TaskStore};
+    use redis::Commands;
+
+    let fleet = Fleet::new("tasks-index-trim");
+    let ttl = Duration::from_secs(3600);
+    let q = queue(&fleet, "reasoning");
+    let conn = connect(&fleet.redis, &ConnectOptions::default()).expect("connect");
+    let store = TaskStore::new(conn, fleet.ns(), ttl);
+    let index = fleet.ns().tasks_index();
+    let mut redis = fleet.conn();
+    let stale = |redis: &mut redis::Connection, id: &str| {
+        let long_ago = now_ms() - 2 * ttl.as_millis() as u64;
+        let _: () = redis.zadd(&index, id, long_ago).expect("zadd");
+    };
+    let task = || {
+        NewTask::new(
+            TaskSpec {
+                prompt: "index".to_owned(),
+                metadata: Default::default(),
+            },
+            None,
+            &Pipeline::default(),
+        )
+    };
+    let in_index = |redis: &mut redis::Connection, id: &str| {
+        redis
+            .zscore::<_, _, Option<u64>>(&index, id)
+            .expect("zscore")
+            .is_some()
+    };
+
+    stale(&mut redis, "expired-before-the-first-enqueue");
+    let first = task();
+    q.enqueue_tasks(&store, std::slice::from_ref(&first))
+        .await
+        .expect("enqueue");
+    assert!(in_index(&mut redis, &first.task_id));
+    assert!(!in_index(&mut redis, "expired-before-the-first-enqueue"));
+
+    stale(&mut redis, "expired-later");
+    let mut enqueued = vec![first.task_id.clone()];
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while in_index(&mut redis, "expired-later") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a stale id stayed in the index through 10 s of enqueues"
+        );
+        let t = task();
+        q.enqueue_tasks(&store, std::slice::from_ref(&t))
+            .await
+            .expect("enqueue");
+        enqueued.push(t.task_id);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for id in &enqueued {
+        assert!(in_index(&mut redis, id), "{id} missing from the index");
+    }
+    let ttl_ms: i64 = redis.pttl(&index).expect("pttl");
+    assert!(ttl_ms > 0 && ttl_ms <= ttl.as_millis() as i64);
+}

@@ -444,7 +444,11 @@ impl Queue {
             for (batch, ids) in &batches {
                 store.add_to_batch_into(&mut pipe, batch, ids);
             }
-            store.trim_index_into(&mut pipe, agentfleet_job::now_ms());
+            let created: Vec<(u64, &str)> = chunk
+                .iter()
+                .map(|t| (t.created_at_ms, t.task_id.as_str()))
+                .collect();
+            store.index_into(&mut pipe, &created, agentfleet_job::now_ms());
             if conn.is_cluster() {
                 // A cluster pipeline runs its slots concurrently: the records must have
                 // landed before a worker can fetch a job for them.

@@ -1,4 +1,6 @@
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::RedisConnection;
@@ -23,7 +25,16 @@ pub struct TaskStore {
     ttl: Duration,
     /// Where each transition's lifecycle event goes, right after it.
     events: Events,
+    /// When this process last trimmed the tasks index (ms, its own clock: only ever
+    /// compared with itself), shared by the store's clones.
+    index_trimmed_at_ms: Arc<AtomicU64>,
 }
+
+/// How often one process trims the tasks index while it enqueues: the trim is three
+/// commands, as many as the rest of an awaited one-task enqueue, and the index needs it
+/// only as it nears a record lifetime or [`TASKS_INDEX_CAP`]. Between trims the index can
+/// hold what one second of enqueues adds beyond the cap.
+const INDEX_TRIM_INTERVAL_MS: u64 = 1_000;
 
 /// The record's field names of one role (`<role>.output`, ...), made once per worker
 /// rather than once per job.
@@ -153,6 +164,7 @@ impl TaskStore {
             namespace,
             ttl,
             events,
+            index_trimmed_at_ms: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -225,7 +237,8 @@ impl TaskStore {
     }
 
     /// Adds the commands that create a queued task's record to `pipe`, so that the
-    /// producer writes records and pushes jobs in one round trip.
+    /// producer writes records and pushes jobs in one round trip (the tasks index is
+    /// added for the whole round trip by [`TaskStore::index_into`]).
     #[allow(clippy::too_many_arguments)]
     pub fn create_into(
         &self,
@@ -267,8 +280,6 @@ impl TaskStore {
         }
         pipe.hset_multiple(&key, &fields).ignore();
         pipe.pexpire(&key, self.ttl.as_millis() as i64).ignore();
-        pipe.zadd(self.namespace.tasks_index(), task_id, created_at_ms)
-            .ignore();
         let mut event = NewEvent::new("enqueued", task_id);
         if !control.lane.is_normal() {
             event = event.with("lane", control.lane.as_str());
@@ -276,12 +287,25 @@ impl TaskStore {
         self.events.add_to(pipe, &event);
     }
 
-    /// Adds the trimming of the tasks index to `pipe` (once per enqueue round trip): ids
-    /// older than a record lifetime go (their records expired with them), then the oldest
-    /// beyond [`TASKS_INDEX_CAP`]; the index itself lives a record lifetime after the last
-    /// enqueue.
-    pub fn trim_index_into(&self, pipe: &mut redis::Pipeline, now_ms: u64) {
+    /// Adds the ids of tasks created in `pipe` (id, enqueue time) to the tasks index, one
+    /// `ZADD` for them all, and, at most once per [`INDEX_TRIM_INTERVAL_MS`] per process,
+    /// the index's trim: ids older than a record lifetime go (their records expired with
+    /// them), then the oldest beyond [`TASKS_INDEX_CAP`]; the index itself lives a record
+    /// lifetime after the last trim.
+    pub fn index_into(&self, pipe: &mut redis::Pipeline, created: &[(u64, &str)], now_ms: u64) {
         let index = self.namespace.tasks_index();
+        if !created.is_empty() {
+            pipe.zadd_multiple(&index, created).ignore();
+        }
+        let last = self.index_trimmed_at_ms.load(Ordering::Relaxed);
+        if now_ms.saturating_sub(last) < INDEX_TRIM_INTERVAL_MS
+            || self
+                .index_trimmed_at_ms
+                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
         let oldest = now_ms.saturating_sub(self.ttl.as_millis() as u64);
         pipe.zrembyscore(&index, "-inf", format!("({oldest}"))
             .ignore();

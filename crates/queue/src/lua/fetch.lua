@@ -18,55 +18,68 @@ local lanes = lanes_at(1)
 local max = tonumber(ARGV[2])
 local now = now_ms()
 redis.call('ZADD', KEYS[7], now, ARGV[1])
-local got = {}
-local parked = redis.call('LRANGE', KEYS[6], 0, -1)
-for i = 1, #parked do got[#got + 1] = parked[i] end
-if #parked > 0 then redis.call('DEL', KEYS[6]) end
-local want = max - #got
-if want > 0 then
-  local left = {}
+
+-- How many entries to take from each lane, given how many wait in each (`left`).
+local function shares(want, left)
+  local take = {high = 0, normal = 0, low = 0}
   local busy = 0
   for _, lane in ipairs(LANES) do
-    left[lane] = redis.call('LLEN', lanes[lane])
     if left[lane] > 0 then busy = busy + 1 end
   end
-  local take = {high = 0, normal = 0, low = 0}
   if busy == 1 then
-    -- The usual case: one lane has work, there is no share to keep.
+    -- One lane has work, there is no share to keep.
     for _, lane in ipairs(LANES) do take[lane] = math.min(want, left[lane]) end
-  elseif busy > 1 then
-    local state = redis.call('HMGET', KEYS[8], 'normal', 'low')
-    local credit = {normal = tonumber(state[1] or '0'), low = tonumber(state[2] or '0')}
-    local share = {normal = tonumber(ARGV[3]), low = tonumber(ARGV[4])}
-    for _ = 1, want do
-      local pick
-      for _, lane in ipairs({'low', 'normal'}) do
-        if left[lane] > 0 then
-          credit[lane] = credit[lane] + share[lane]
-          if not pick and credit[lane] >= 100 then pick = lane end
-        else
-          -- An empty lane banks no more than one turn.
-          credit[lane] = math.min(credit[lane], 100)
-        end
-      end
-      if pick then
-        credit[pick] = credit[pick] - 100
-      else
-        for _, lane in ipairs(LANES) do
-          if not pick and left[lane] > 0 then pick = lane end
-        end
-      end
-      if not pick then break end
-      take[pick] = take[pick] + 1
-      left[pick] = left[pick] - 1
-    end
-    redis.call('HSET', KEYS[8], 'normal', credit.normal, 'low', credit.low)
+    return take
   end
-  for _, lane in ipairs(LANES) do
-    if take[lane] > 0 then
-      local popped = redis.call('RPOP', lanes[lane], take[lane])
-      if popped then
-        for i = 1, #popped do got[#got + 1] = popped[i] end
+  if busy == 0 then return take end
+  local state = redis.call('HMGET', KEYS[8], 'normal', 'low')
+  local credit = {normal = tonumber(state[1] or '0'), low = tonumber(state[2] or '0')}
+  local share = {normal = tonumber(ARGV[3]), low = tonumber(ARGV[4])}
+  for _ = 1, want do
+    local pick
+    for _, lane in ipairs({'low', 'normal'}) do
+      if left[lane] > 0 then
+        credit[lane] = credit[lane] + share[lane]
+        if not pick and credit[lane] >= 100 then pick = lane end
+      else
+        -- An empty lane banks no more than one turn.
+        credit[lane] = math.min(credit[lane], 100)
+      end
+    end
+    if pick then
+      credit[pick] = credit[pick] - 100
+    else
+      for _, lane in ipairs(LANES) do
+        if not pick and left[lane] > 0 then pick = lane end
+      end
+    end
+    if not pick then break end
+    take[pick] = take[pick] + 1
+    left[pick] = left[pick] - 1
+  end
+  redis.call('HSET', KEYS[8], 'normal', credit.normal, 'low', credit.low)
+  return take
+end
+
+local got
+if redis.call('EXISTS', KEYS[6], lanes.high, lanes.low) == 0 then
+  -- The usual case, told by one command: nothing parked, no high or low work, so no
+  -- share to keep and the normal lane is popped directly.
+  got = redis.call('RPOP', lanes.normal, max) or {}
+else
+  got = redis.call('LRANGE', KEYS[6], 0, -1)
+  if #got > 0 then redis.call('DEL', KEYS[6]) end
+  local want = max - #got
+  if want > 0 then
+    local left = {}
+    for _, lane in ipairs(LANES) do left[lane] = redis.call('LLEN', lanes[lane]) end
+    local take = shares(want, left)
+    for _, lane in ipairs(LANES) do
+      if take[lane] > 0 then
+        local popped = redis.call('RPOP', lanes[lane], take[lane])
+        if popped then
+          for i = 1, #popped do got[#got + 1] = popped[i] end
+        end
       end
     end
   end

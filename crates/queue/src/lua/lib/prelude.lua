@@ -56,8 +56,9 @@ local function wake(lanes, n)
   if n <= 0 then return end
   local tokens = {}
   for i = 1, math.min(n, 64) do tokens[i] = '1' end
-  redis.call('LPUSH', lanes.wake, unpack(tokens))
-  redis.call('LTRIM', lanes.wake, 0, 63)
+  if redis.call('LPUSH', lanes.wake, unpack(tokens)) > 64 then
+    redis.call('LTRIM', lanes.wake, 0, 63)
+  end
 end
 
 -- Pushes entries onto their lanes' lists (LPUSH: at the back of the line; RPUSH: at the
