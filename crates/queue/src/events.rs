@@ -9,9 +9,19 @@
 //! (each is appended before the next transition of the task can start). A process killed
 //! between a transition and its event loses that one event; the record stays the truth.
 //! Events never fail the transition they describe: a failed append is logged and dropped.
+//!
+//! Appends are group-committed: a process's events go through one writer task that sends
+//! everything waiting as one pipeline, and each caller awaits the round trip that carried
+//! its events. So a job pays a channel send instead of a Redis round trip of its own for
+//! each event (about a fifth of a worker's CPU per stage before, with two per stage), and
+//! the order above still holds: one process's events leave in the order they were
+//! emitted, and a caller continues only once its events are in the stream.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
 
 use crate::RedisConnection;
 use redis::Value;
@@ -83,7 +93,20 @@ pub struct Events {
     key: String,
     /// 0: events are off (nothing is appended; readers see nothing new).
     maxlen: u64,
+    /// The group-committing writer, shared by the clones; started on the first append
+    /// (an append runs in a Tokio runtime, a constructor may not) and again if the runtime
+    /// it ran on has ended.
+    writer: Arc<Mutex<Option<mpsc::UnboundedSender<Append>>>>,
 }
+
+/// Events waiting for the writer, and who waits for them to land.
+struct Append {
+    commands: Vec<redis::Cmd>,
+    landed: oneshot::Sender<()>,
+}
+
+/// At most this many `XADD`s per pipeline.
+const MAX_APPENDS_PER_TRIP: usize = 1_000;
 
 impl Events {
     pub fn new(conn: RedisConnection, namespace: &Namespace, maxlen: u64) -> Self {
@@ -91,6 +114,7 @@ impl Events {
             conn,
             key: namespace.events(),
             maxlen,
+            writer: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -127,19 +151,36 @@ impl Events {
         cmd
     }
 
-    /// Appends events (one round trip). A failure is logged, not returned: the transition
-    /// the events describe has happened and must not be retried for their sake.
+    /// Appends events, in one round trip shared with whatever else this process appends
+    /// meanwhile, and returns once they are in the stream. A failure is logged, not
+    /// returned: the transition the events describe has happened and must not be retried
+    /// for their sake.
     pub async fn emit(&self, events: &[NewEvent]) {
         if !self.enabled() || events.is_empty() {
             return;
         }
-        let mut pipe = redis::pipe();
-        for event in events {
-            pipe.add_command(self.xadd(event)).ignore();
+        let (landed, wait) = oneshot::channel();
+        let append = Append {
+            commands: events.iter().map(|e| self.xadd(e)).collect(),
+            landed,
+        };
+        if self.writer().send(append).is_ok() {
+            // Err: the writer ended with its runtime; the events went with it.
+            let _ = wait.await;
         }
-        let result: Result<(), redis::RedisError> = pipe.query_async(&mut self.conn.clone()).await;
-        if let Err(e) = result {
-            tracing::warn!(error = %e, events = events.len(), "could not append lifecycle events; they are lost (the transitions happened)");
+    }
+
+    /// The running writer, started when there is none (or its runtime has ended).
+    fn writer(&self) -> mpsc::UnboundedSender<Append> {
+        let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        match writer.as_ref() {
+            Some(tx) if !tx.is_closed() => tx.clone(),
+            _ => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                tokio::spawn(write_appends(self.conn.clone(), rx));
+                *writer = Some(tx.clone());
+                tx
+            }
         }
     }
 
@@ -220,6 +261,38 @@ impl Events {
 
     pub async fn is_empty(&self) -> Result<bool, QueueError> {
         Ok(self.len().await? == 0)
+    }
+}
+
+/// The writer: everything waiting goes in one pipeline, the next pipeline after it lands.
+/// Ends when every [`Events`] clone is gone.
+async fn write_appends(conn: RedisConnection, mut rx: mpsc::UnboundedReceiver<Append>) {
+    let mut batch: Vec<Append> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let mut commands = first.commands.len();
+        batch.push(first);
+        while commands < MAX_APPENDS_PER_TRIP {
+            match rx.try_recv() {
+                Ok(append) => {
+                    commands += append.commands.len();
+                    batch.push(append);
+                }
+                Err(_) => break,
+            }
+        }
+        let mut pipe = redis::pipe();
+        for append in &mut batch {
+            for cmd in append.commands.drain(..) {
+                pipe.add_command(cmd).ignore();
+            }
+        }
+        let result: Result<(), redis::RedisError> = pipe.query_async(&mut conn.clone()).await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, events = commands, "could not append lifecycle events; they are lost (the transitions happened)");
+        }
+        for append in batch.drain(..) {
+            let _ = append.landed.send(());
+        }
     }
 }
 
