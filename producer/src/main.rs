@@ -467,7 +467,11 @@ fn describe(e: &anyhow::Error) -> String {
     text
 }
 
-#[tokio::main]
+/// One thread: the CLI is one client awaiting one round trip after another, and on a
+/// multi-threaded runtime each of them hops between the main thread and the connection's
+/// driver on a worker thread twice (two thread wake-ups per round trip; see BENCHMARKS.md,
+/// "Re-measured on a slower machine").
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
