@@ -312,20 +312,34 @@ async fn a_redis_restart_mid_drain_loses_no_acknowledged_state() {
 #[tokio::test]
 async fn the_tasks_index_drops_ids_older_than_a_record_lifetime_while_tasks_are_enqueued() {
     use agentfleet_job::{Pipeline, TaskSpec, now_ms};
-    use agentfleet_queue::{NewTask, TaskStore};
-    use redis::Commands;
+    use agentfleet_queue::{NewTask, RedisConnection, TaskStore};
 
     let fleet = Fleet::new("tasks-index-trim");
     let ttl = Duration::from_secs(3600);
     let q = queue(&fleet, "reasoning");
-    let conn = connect(&fleet.redis, &ConnectOptions::default()).expect("connect");
-    let store = TaskStore::new(conn, fleet.ns(), ttl);
+    // agentfleet's own connection: the same test runs on a Redis Cluster too.
+    let mut redis = connect(&fleet.redis, &ConnectOptions::default()).expect("connect");
+    let store = TaskStore::new(redis.clone(), fleet.ns(), ttl);
     let index = fleet.ns().tasks_index();
-    let mut redis = fleet.conn();
-    let stale = |redis: &mut redis::Connection, id: &str| {
+    async fn stale(redis: &mut RedisConnection, index: &str, id: &str, ttl: Duration) {
         let long_ago = now_ms() - 2 * ttl.as_millis() as u64;
-        let _: () = redis.zadd(&index, id, long_ago).expect("zadd");
-    };
+        redis::cmd("ZADD")
+            .arg(index)
+            .arg(long_ago)
+            .arg(id)
+            .query_async::<()>(redis)
+            .await
+            .expect("zadd");
+    }
+    async fn in_index(redis: &mut RedisConnection, index: &str, id: &str) -> bool {
+        redis::cmd("ZSCORE")
+            .arg(index)
+            .arg(id)
+            .query_async::<Option<f64>>(redis)
+            .await
+            .expect("zscore")
+            .is_some()
+    }
     let task = || {
         NewTask::new(
             TaskSpec {
@@ -336,25 +350,19 @@ async fn the_tasks_index_drops_ids_older_than_a_record_lifetime_while_tasks_are_
             &Pipeline::default(),
         )
     };
-    let in_index = |redis: &mut redis::Connection, id: &str| {
-        redis
-            .zscore::<_, _, Option<u64>>(&index, id)
-            .expect("zscore")
-            .is_some()
-    };
 
-    stale(&mut redis, "expired-before-the-first-enqueue");
+    stale(&mut redis, &index, "expired-before-the-first-enqueue", ttl).await;
     let first = task();
     q.enqueue_tasks(&store, std::slice::from_ref(&first))
         .await
         .expect("enqueue");
-    assert!(in_index(&mut redis, &first.task_id));
-    assert!(!in_index(&mut redis, "expired-before-the-first-enqueue"));
+    assert!(in_index(&mut redis, &index, &first.task_id).await);
+    assert!(!in_index(&mut redis, &index, "expired-before-the-first-enqueue").await);
 
-    stale(&mut redis, "expired-later");
+    stale(&mut redis, &index, "expired-later", ttl).await;
     let mut enqueued = vec![first.task_id.clone()];
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while in_index(&mut redis, "expired-later") {
+    while in_index(&mut redis, &index, "expired-later").await {
         assert!(
             std::time::Instant::now() < deadline,
             "a stale id stayed in the index through 10 s of enqueues"
@@ -367,8 +375,15 @@ async fn the_tasks_index_drops_ids_older_than_a_record_lifetime_while_tasks_are_
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     for id in &enqueued {
-        assert!(in_index(&mut redis, id), "{id} missing from the index");
+        assert!(
+            in_index(&mut redis, &index, id).await,
+            "{id} missing from the index"
+        );
     }
-    let ttl_ms: i64 = redis.pttl(&index).expect("pttl");
+    let ttl_ms: i64 = redis::cmd("PTTL")
+        .arg(&index)
+        .query_async(&mut redis)
+        .await
+        .expect("pttl");
     assert!(ttl_ms > 0 && ttl_ms <= ttl.as_millis() as i64);
 }
